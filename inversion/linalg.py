@@ -1,0 +1,114 @@
+"""Dense linear-algebra kernels shared by the covariances and the solvers.
+
+Every symmetric positive definite matrix in tanhui is factorised here, as B = L Lᵀ with L
+lower triangular, so input validation, error messages and the BLAS threading workaround
+live in one place.  Inverses are never formed: systems are solved with the triangular
+factor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import scipy.linalg
+from threadpoolctl import threadpool_limits
+
+# Largest tolerated relative asymmetry max|a_ij - a_ji| / max|a_ij| of a "symmetric" matrix:
+# matrices assembled by floating-point arithmetic (e.g. diag(σ) C diag(σ)) are symmetric to a
+# few ulps, while anything larger is a genuine error in the input.
+SYMMETRY_RTOL = 1e-10
+
+# On this project's CPUs the OpenBLAS bundled with numpy/scipy segfaults in dense Cholesky
+# for n >= 16 000 with 2 threads; from this size on the factorisation runs single-threaded
+# (a margin below the observed crash, and large enough that the lost speed-up is irrelevant
+# next to a reliable run).
+SINGLE_THREAD_CHOLESKY_N = 12_000
+
+# Rows per block when scanning for asymmetry, so the check needs O(block · n) scratch memory
+# instead of a second n × n matrix (a 16 000² matrix is already 2 GB).
+_SYMMETRY_BLOCK = 512
+
+
+_SINGULAR_HINT = (
+    "check for duplicated elements, correlation lengths much larger than the element spacing, "
+    "or zero variances"
+)
+
+
+class CovarianceError(ValueError):
+    """A covariance matrix is not symmetric positive definite (or not even finite)."""
+
+
+def check_symmetric(a, *, name: str) -> np.ndarray:
+    """Return ``a`` as a float64 non-empty square matrix after checking that it is finite and symmetric.
+
+    Symmetric means max|a_ij − a_ji| ≤ 1e-10 · max|a_ij|.  No copy is made when ``a`` is
+    already a float64 array.  Raises :class:`CovarianceError` naming ``name`` otherwise.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.size == 0:
+        raise CovarianceError(f"{name} must be a non-empty square matrix, got shape {a.shape}")
+    finite = np.isfinite(a)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        raise CovarianceError(
+            f"{name} has {int(np.count_nonzero(~finite))} non-finite entries "
+            f"(first at row {i}, column {j}): fill gaps in the variances and correlations"
+        )
+    n = a.shape[0]
+    scale = max(a.max(), -a.min())
+    asymmetry = 0.0
+    for start in range(0, n, _SYMMETRY_BLOCK):
+        stop = min(n, start + _SYMMETRY_BLOCK)
+        asymmetry = max(asymmetry, float(np.abs(a[start:stop] - a[:, start:stop].T).max()))
+    if asymmetry > SYMMETRY_RTOL * scale:
+        raise CovarianceError(
+            f"{name} is not symmetric: max|a_ij - a_ji| / max|a_ij| = {asymmetry / scale:.3e} "
+            f"> {SYMMETRY_RTOL:g}; build it as a symmetric matrix (e.g. diag(sigma) C diag(sigma))"
+        )
+    return a
+
+
+def cholesky_lower(a, *, name: str) -> np.ndarray:
+    """Lower Cholesky factor L of a symmetric positive definite matrix, a = L Lᵀ.
+
+    ``a`` is checked with :func:`check_symmetric`; LAPACK then reads only its lower triangle.
+    Raises :class:`CovarianceError` naming ``name`` when ``a`` is not finite, not symmetric,
+    not positive definite, or singular to working precision (a Cholesky pivot l_ii² below
+    n·eps·a_ii, which LAPACK does not report).  Runs single-threaded for
+    n ≥ ``SINGLE_THREAD_CHOLESKY_N`` (see the comment on that constant).
+    """
+    a = check_symmetric(a, name=name)
+    n = a.shape[0]
+    limit = threadpool_limits(1, user_api="blas") if n >= SINGLE_THREAD_CHOLESKY_N else contextlib.nullcontext()
+    try:
+        with limit:
+            factor = scipy.linalg.cholesky(a, lower=True, check_finite=True)
+    except np.linalg.LinAlgError as exc:
+        raise CovarianceError(
+            f"{name} is not positive definite (Cholesky failed at a leading minor: {exc}); {_SINGULAR_HINT}"
+        ) from exc
+    # The pivot l_ii² is the variance of element i conditional on elements 0..i-1, computed as
+    # a_ii minus a sum of i terms, so its rounding error is up to about n·eps·a_ii.  A pivot below
+    # that is noise: the matrix is singular to working precision (typically duplicated
+    # elements), even though LAPACK happened to find a positive number.
+    pivots = np.diag(factor) ** 2 / np.diag(a)
+    worst = int(np.argmin(pivots))
+    if pivots[worst] <= n * np.finfo(np.float64).eps:
+        raise CovarianceError(
+            f"{name} is numerically singular: the conditional variance of element {worst} given "
+            f"the elements before it is {pivots[worst]:.1e} of its variance, below the rounding "
+            f"level; {_SINGULAR_HINT}"
+        )
+    return factor
+
+
+def solve_lower(l: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve L x = b for x, with L lower triangular; ``b`` of shape (n,) or (n, k)."""
+    return scipy.linalg.solve_triangular(l, b, lower=True)
+
+
+def solve_upper_T(l: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve Lᵀ x = b for x, given the lower triangular L; ``b`` of shape (n,) or (n, k)."""
+    return scipy.linalg.solve_triangular(l, b, lower=True, trans="T")

@@ -1,0 +1,248 @@
+"""Run outputs, each written atomically (temporary name, then rename) by rank 0.
+
+=========================  ==================================================================
+file                       content
+=========================  ==================================================================
+posterior_state.nc         prior/posterior state (scaling factors, background offsets), σ,
+                           uncertainty reduction, truth (twins), posterior covariance
+                           (analytical) or Ritz pairs (variational)
+posterior_flux.nc          CF-1.8 period-mean gridded flux: prior, posterior and its standard
+                           error (mol m-2 s-1, positive upward), cell_area, bounds
+totals.csv                 region × period totals: prior, posterior, σ (and truth)
+diagnostics.json           χ², DOFS, solver and convergence, per-site statistics, timings
+config.resolved.toml       the configuration with absolute paths + sha256 of config/inputs;
+                           written last, so its presence marks a complete run
+=========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import xarray as xr
+
+from transport.errors import InputError
+
+from . import __version__
+from .aggregates import WHOLE_RUN, Aggregates, report_unit
+from .config import Config
+from .io import write_json, write_netcdf, write_text
+from .posterior import DensePosteriorCovariance, Posterior
+from .problem import Problem
+from .state import StateSpace
+
+OUTPUT_FILES = ("posterior_state.nc", "posterior_flux.nc", "totals.csv", "diagnostics.json", "config.resolved.toml")
+
+_CF_FLUX_NAME = {"co2": "surface_upward_mole_flux_of_carbon_dioxide"}  # CF has no name for CH4 mole flux
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse (before any heavy work) to mix this run's outputs with another run's."""
+    found = [name for name in OUTPUT_FILES if (Path(path) / name).exists()]
+    if found and not overwrite:
+        raise InputError(path, None, f"output directory already holds another run's outputs ({', '.join(found)})",
+                         "choose another run.output_dir / --output-dir, or pass --overwrite to replace them")
+
+
+def site_statistics(problem: Problem, posterior: Posterior) -> dict[str, dict]:
+    """Per site: n, bias and RMSE of observed − modelled (prior, posterior) in the
+    observation units (ppm for CO₂, ppb for CH₄), and χ²/n of posterior residuals. Collective."""
+    scale = 1e6 if problem.config.run.species == "co2" else 1e9
+    y = problem.y
+    res_b = (y - problem.H.matvec(posterior.x_b)) * scale
+    res_a = (y - problem.H.matvec(posterior.x_a)) * scale
+    sig = problem.obs["sigma"].values * scale
+    sites = problem.obs["site"].values
+    local = {}
+    for s in np.unique(sites):
+        m = sites == s
+        local[str(s)] = np.array([m.sum(), res_b[m].sum(), (res_b[m] ** 2).sum(), res_a[m].sum(),
+                                  (res_a[m] ** 2).sum(), ((res_a[m] / sig[m]) ** 2).sum()])
+    merged: dict[str, np.ndarray] = {}
+    for part in problem.comm.allgather(local):
+        for s, v in part.items():
+            merged[s] = merged.get(s, 0) + v
+    unit = "ppm" if scale == 1e6 else "ppb"
+    out = {}
+    for s in sorted(merged):
+        n, sb, sb2, sa, sa2, c2 = merged[s]
+        out[s] = {"n_obs": int(n), "units": unit, "prior_bias": sb / n, "prior_rmse": np.sqrt(sb2 / n),
+                  "posterior_bias": sa / n, "posterior_rmse": np.sqrt(sa2 / n), "posterior_chi2_per_obs": c2 / n}
+    return out
+
+
+def _totals_rows(config: Config, agg: Aggregates, totals: dict, truth: np.ndarray | None) -> list[dict]:
+    unit, factor = report_unit(config.run.species)
+    prior_sd = np.sqrt(np.diag(totals["prior_cov"]))
+    post_sd = np.sqrt(np.maximum(np.diag(totals["posterior_cov"]), 0))
+    lowrank = totals.get("posterior_cov_lowrank")
+    rows = []
+    for k in range(agg.size):
+        row = {"region": agg.region[k],
+               "period": "whole_run" if agg.period[k] == WHOLE_RUN else int(agg.period[k]),
+               "period_start": str(agg.start[k]), "period_end": str(agg.end[k]), "quantity": "net_flux",
+               "unit": unit, "prior": totals["prior"][k] * factor, "prior_sd": prior_sd[k] * factor,
+               "posterior": totals["posterior"][k] * factor, "posterior_sd": post_sd[k] * factor,
+               "uncertainty_reduction": 1 - post_sd[k] / prior_sd[k]}
+        if lowrank is not None:
+            row["posterior_sd_lowrank"] = np.sqrt(max(lowrank[k, k], 0.0)) * factor
+        if truth is not None:
+            row["truth"] = (agg.offset[k] + agg.matrix[k] @ truth) * factor
+        rows.append(row)
+    return rows
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _state_dataset(state: StateSpace, posterior: Posterior, truth: np.ndarray | None, species: str) -> xr.Dataset:
+    ds = xr.Dataset(coords=state.coords())
+    parts = [(posterior.x_b, "prior"), (posterior.x_a, "posterior"), (posterior.prior_sd(), "prior_sd"),
+             (posterior.posterior_sd(), "posterior_sd"), (posterior.uncertainty_reduction(), "uncertainty_reduction")]
+    if truth is not None:
+        parts.append((truth, "truth"))
+    for values, name in parts:
+        ds = ds.assign(state.to_dataset(values, name).data_vars)
+    ds["element"] = np.arange(state.size)
+    if isinstance(posterior.covariance, DensePosteriorCovariance):
+        ds["posterior_covariance"] = (("element", "element_"), posterior.covariance.dense(),
+                                      {"long_name": "posterior error covariance of the flattened state"})
+    else:
+        ds["ritz_vectors"] = (("element", "mode"), posterior.covariance.vectors)
+        ds["ritz_eigenvalues"] = (("mode",), posterior.covariance.eigenvalues,
+                                  {"long_name": "eigenvalues of G = L^T H^T R^-1 H L from Lanczos"})
+    ds.attrs.update({"title": f"tanhui posterior state ({species})", "Conventions": "CF-1.8",
+                     "state_order": "flux elements flattened (sector, period, region), region fastest; "
+                                    "then one background offset per site",
+                     "source": f"tanhui {__version__}"})
+    return ds
+
+
+def period_mean_flux_matrix(state: StateSpace) -> tuple[sp.csr_matrix, np.ndarray]:
+    """M (n_period·ncell × n_state) and c with period-mean gridded flux = c + M x (mol m⁻² s⁻¹)."""
+    nt, ncell = state.flux_time.size, state.regions.grid.size
+    pos, dts = state.period_of_step, state.flux_time.duration_s
+    inside = np.flatnonzero(pos >= 0)
+    # Averaging operator over steps in each period: (n_period × nt) sparse.
+    avg = sp.csr_matrix((dts[inside] / state.period_seconds[pos[inside]], (pos[inside], inside)),
+                        shape=(state.n_period, nt))
+    E = state.E.tocoo()
+    t, cell = np.divmod(E.row, ncell)
+    keep = pos[t] >= 0
+    weight = dts[t[keep]] / state.period_seconds[pos[t[keep]]]
+    M = sp.csr_matrix((E.data[keep] * weight, (pos[t[keep]] * ncell + cell[keep], E.col[keep])),
+                      shape=(state.n_period * ncell, state.size))
+    c = (avg @ state.fixed_flux.reshape(nt, ncell)).ravel()
+    return M, c
+
+
+def _flux_dataset(state: StateSpace, posterior: Posterior, species: str) -> xr.Dataset:
+    grid = state.regions.grid
+    M, c = period_mean_flux_matrix(state)
+    Md = M.toarray()
+    shape = (state.n_period,) + grid.shape
+    prior = (c + M @ posterior.x_b).reshape(shape)
+    post = (c + M @ posterior.x_a).reshape(shape)
+    var = posterior.covariance.aggregate_variance(Md)
+    prior_var = np.einsum("ij,ij->i", posterior.B.apply(np.ascontiguousarray(Md.T)).T, Md)
+    sd = np.sqrt(np.maximum(var, 0)).reshape(shape)
+    sd_b = np.sqrt(np.maximum(prior_var, 0)).reshape(shape)
+    std_name = _CF_FLUX_NAME.get(species)
+    label = {"co2": "CO2", "ch4": "CH4"}[species]
+    dims = ("time", "lat", "lon")
+
+    def attrs(long: str, extra: dict | None = None) -> dict:
+        a = {"long_name": long, "units": "mol m-2 s-1", "cell_methods": "time: mean"}
+        if std_name:
+            a["standard_name"] = std_name
+        return {**a, **(extra or {})}
+
+    ds = xr.Dataset(
+        {
+            "flux_prior": (dims, prior, attrs(f"prior surface upward {label} mole flux (all sectors)",
+                                              {"ancillary_variables": "flux_prior_standard_error"})),
+            "flux_posterior": (dims, post, attrs(f"posterior surface upward {label} mole flux (all sectors)",
+                                                 {"ancillary_variables": "flux_posterior_standard_error"})),
+            "flux_prior_standard_error": (dims, sd_b, attrs(f"prior 1-sigma uncertainty of the {label} flux")),
+            "flux_posterior_standard_error": (dims, sd, attrs(f"posterior 1-sigma uncertainty of the {label} flux")),
+            "cell_area": (("lat", "lon"), grid.cell_area(), {"standard_name": "cell_area", "units": "m2"}),
+            "time_bnds": (("time", "bnds"), np.stack([state.periods.start, state.periods.end], axis=1)),
+            "lat_bnds": (("lat", "bnds"), grid.lat_bounds, {"units": "degrees_north"}),
+            "lon_bnds": (("lon", "bnds"), grid.lon_bounds, {"units": "degrees_east"}),
+        },
+        coords={
+            "time": ("time", state.periods.start, {"standard_name": "time", "bounds": "time_bnds"}),
+            "lat": ("lat", grid.lat, {"standard_name": "latitude", "units": "degrees_north", "bounds": "lat_bnds"}),
+            "lon": ("lon", grid.lon, {"standard_name": "longitude", "units": "degrees_east", "bounds": "lon_bnds"}),
+        },
+    )
+    for name in ("time", "time_bnds"):  # one time encoding for the coordinate and its bounds (CF)
+        ds[name].encoding["units"] = "seconds since 1970-01-01 00:00:00"
+    if std_name:
+        for v in ("flux_prior_standard_error", "flux_posterior_standard_error"):
+            ds[v].attrs["standard_name"] = f"{std_name} standard_error"
+    ds.attrs.update({"Conventions": "CF-1.8", "title": f"tanhui period-mean {label} flux",
+                     "sign_convention": "positive upward: emissions positive, sinks negative",
+                     "source": f"tanhui {__version__}",
+                     "history": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} tanhui run"})
+    return ds
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, np.datetime64):
+        return f"{np.datetime_as_string(v, unit='s')}Z"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
+
+
+def resolved_config_text(config: Config, hashes: dict[str, str]) -> str:
+    lines = [f"# resolved by tanhui {__version__} from {config.source}", ""]
+    data = config.model_dump(exclude={"source"}, exclude_none=True)
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
+        lines.append("")
+    lines.append("[provenance]")
+    lines.append(f"tanhui_version = {_toml_value(__version__)}")
+    lines += [f"{_toml_key(k)} = {_toml_value('sha256:' + v)}" for k, v in hashes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def totals_table(config: Config, agg: Aggregates, posterior: Posterior, truth: np.ndarray | None) -> list[dict]:
+    return _totals_rows(config, agg, posterior.aggregate(agg), truth)
+
+
+def write_outputs(out_dir: Path, problem: Problem, posterior: Posterior, rows: list[dict], diagnostics: dict,
+                  truth: np.ndarray | None, hashes: dict[str, str]) -> list[Path]:
+    """Write every output (rank 0 only); config.resolved.toml last marks completion."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config, state, species = problem.config, problem.state, problem.config.run.species
+    write_netcdf(_state_dataset(state, posterior, truth, species), out_dir / "posterior_state.nc")
+    write_netcdf(_flux_dataset(state, posterior, species), out_dir / "posterior_flux.nc")
+    write_text(_csv_text(rows), out_dir / "totals.csv")
+    write_json(diagnostics, out_dir / "diagnostics.json")
+    write_text(resolved_config_text(config, hashes), out_dir / "config.resolved.toml")
+    return [out_dir / name for name in OUTPUT_FILES]

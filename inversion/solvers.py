@@ -1,0 +1,159 @@
+"""Solvers: ``solve(problem, ...) -> Posterior``, chosen by name in :data:`SOLVERS`.
+
+Both work in the prior-preconditioned control space x = x_b + L w (B = L Lᵀ):
+
+    J(w) = ½ wᵀw + ½ (H L w − d)ᵀ R⁻¹ (H L w − d),   Hessian I + G,   G = Lᵀ Hᵀ R⁻¹ H L,
+    b = Lᵀ Hᵀ R⁻¹ d,   w_a = (I + G)⁻¹ b,   A = L (I + G)⁻¹ Lᵀ.
+
+χ² = dᵀ (H B Hᵀ + R)⁻¹ d = dᵀR⁻¹d − bᵀ w_a (Woodbury), reported per observation;
+DOFS = trace(G (I + G)⁻¹).
+
+* **analytical** — exact.  State-space form factorises I + G (n_state²), observation-space
+  form factorises H B Hᵀ + R (n_obs²); ``auto`` picks the smaller.  Cholesky and triangular
+  solves only, never an explicit inverse.
+* **variational** — matrix-free CG with Lanczos on I + G: one H and one Hᵀ per iteration.
+  The Ritz pairs give a low-rank A; the listed aggregates get exact covariances from extra
+  (block) CG solves started from the deflated guess V diag(1/θ) Vᵀ b.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg, stats
+
+from .aggregates import Aggregates
+from .krylov import block_cg, cg_lanczos, deflated_guess
+from .linalg import cholesky_lower, solve_lower
+from .posterior import DensePosteriorCovariance, LowRankPosteriorCovariance, Posterior
+from .problem import Problem
+from .progress import Progress, log
+
+
+def _common(problem: Problem) -> tuple[np.ndarray, np.ndarray, float]:
+    """Local departures d, local R⁻¹ diagonal, and global dᵀR⁻¹d."""
+    d = problem.departures()
+    r_inv = 1.0 / problem.R.variance()
+    dRd = problem.comm.allreduce_scalar(float(d @ (r_inv * d)))
+    return d, r_inv, dRd
+
+
+def _chi2(chi2: float, n_obs: int) -> dict:
+    """χ² of the departures and its 95 % sampling interval for correctly specified errors."""
+    return {
+        "chi2": chi2,
+        "chi2_per_obs": chi2 / n_obs,
+        "chi2_per_obs_95": [stats.chi2.ppf(0.025, n_obs) / n_obs, stats.chi2.ppf(0.975, n_obs) / n_obs],
+    }
+
+
+def choose_form(n_state: int, n_obs: int, form: str) -> str:
+    if form != "auto":
+        return form
+    return "state" if n_state <= n_obs else "observation"
+
+
+def solve_analytical(problem: Problem, *, form: str = "auto", **_ignored) -> Posterior:
+    comm, B = problem.comm, problem.B
+    n = B.size
+    d, r_inv, dRd = _common(problem)
+    form = choose_form(n, problem.n_obs, form)
+    log.info("analytical solver, %s-space form (%d state elements, %d observations)", form, n, problem.n_obs)
+    HL = B.sqrt_T(np.ascontiguousarray(problem.H.jacobian_local().T)).T  # local rows of H L
+    if form == "state":
+        W = HL * np.sqrt(r_inv)[:, None]
+        G = comm.allreduce(W.T @ W)
+        b = comm.allreduce(HL.T @ (r_inv * d))
+        C = cholesky_lower(np.eye(n) + G, name="I + G (state-space Hessian)")
+        w_a = linalg.cho_solve((C, True), b)
+        M = solve_lower(C, B.sqrt_T(np.eye(n)))  # C⁻¹ Lᵀ, so A = Mᵀ M
+        A = M.T @ M
+        chi2 = dRd - b @ w_a
+        dofs = n - float(np.sum(solve_lower(C, np.eye(n)) ** 2))
+    else:
+        blocks = comm.gather((HL, d, 1.0 / r_inv), root=0)
+        if comm.is_root:
+            HLf, df, var = (np.concatenate(x) for x in zip(*blocks))
+            S = HLf @ HLf.T
+            S[np.diag_indices_from(S)] += var
+            U = cholesky_lower(S, name="H B Hᵀ + R (observation-space matrix)")
+            z = solve_lower(U, df)
+            P = solve_lower(U, HLf)  # U⁻¹ H L
+            w_a = P.T @ z
+            LPt = B.sqrt(np.ascontiguousarray(P.T))
+            A = B.dense() - LPt @ LPt.T
+            result = (w_a, A, float(z @ z), float(np.sum(P**2)))
+        else:
+            result = None
+        w_a, A, chi2, dofs = comm.bcast(result, root=0)
+    x_a = problem.x_b + B.sqrt(w_a)
+    diagnostics = {"solver": "analytical", "form": form, "n_obs": problem.n_obs, "n_state": n,
+                   "ranks": comm.size, **_chi2(chi2, problem.n_obs), "dofs": dofs}
+    return Posterior(x_b=problem.x_b, x_a=x_a, B=B, covariance=DensePosteriorCovariance(0.5 * (A + A.T)),
+                     diagnostics=diagnostics)
+
+
+def _hessian(problem: Problem, r_inv: np.ndarray):
+    """v ↦ (I + G) v for a vector or a block of columns."""
+    B, H = problem.B, problem.H
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        Lv = B.sqrt(v)
+        Hv = H.matvec(Lv) if v.ndim == 1 else H.matmat(Lv)
+        weighted = r_inv * Hv if v.ndim == 1 else r_inv[:, None] * Hv
+        adj = H.rmatvec(weighted) if v.ndim == 1 else H.rmatmat(weighted)
+        return v + B.sqrt_T(adj)
+
+    return apply
+
+
+def solve_variational(problem: Problem, *, tolerance: float = 1e-8, max_iterations: int = 500,
+                      reorthogonalize: bool = True, aggregates: Aggregates | None = None, **_ignored) -> Posterior:
+    comm, B, H = problem.comm, problem.B, problem.H
+    d, r_inv, dRd = _common(problem)
+    b = B.sqrt_T(H.rmatvec(r_inv * d))
+    apply = _hessian(problem, r_inv)
+    log.info("variational solver: CG-Lanczos on I + G (%d state elements, %d observations, tol %.1e, ≤ %d "
+             "iterations)", B.size, problem.n_obs, tolerance, max_iterations)
+    with Progress(comm, "CG iterations", max_iterations) as bar:
+        def callback(state) -> bool:
+            bar.update(state.iteration, f"‖r‖/‖b‖ = {state.residual_norms[-1]:.2e}")
+            return False
+
+        res = cg_lanczos(apply, b, tol=tolerance, max_iter=max_iterations, reorthogonalize=reorthogonalize,
+                         callback=callback)
+    if not res.converged:
+        log.warning("CG did not converge: %s after %d iterations (‖r‖/‖b‖ = %.2e > %.1e); the posterior is "
+                    "approximate — raise solver.max_iterations", res.reason, res.iterations,
+                    res.residual_norms[-1] if len(res.residual_norms) else np.nan, tolerance)
+    ritz = res.ritz()
+    lam = np.maximum(ritz.values - 1.0, 0.0)
+    cov = LowRankPosteriorCovariance(B=B, vectors=ritz.vectors, eigenvalues=lam)
+    w_a = res.x
+    x_a = problem.x_b + B.sqrt(w_a)
+    diagnostics = {"solver": "variational", "n_obs": problem.n_obs, "n_state": B.size, "ranks": comm.size,
+                   **_chi2(dRd - b @ w_a, problem.n_obs), "dofs": float(np.sum(lam / (1.0 + lam))),
+                   "dofs_note": "from Ritz values (a lower bound)", "iterations": res.iterations,
+                   "converged": bool(res.converged), "stop_reason": res.reason,
+                   "relative_residual": float(res.residual_norms[-1]) if len(res.residual_norms) else 0.0}
+    exact_cov = None
+    if aggregates is not None:
+        rhs = B.sqrt_T(np.ascontiguousarray(aggregates.matrix.T))  # Lᵀ Mᵀ, (n, k)
+        log.info("exact covariance of %d aggregates by block CG", rhs.shape[1])
+        block = block_cg(apply, rhs, tol=tolerance, max_iter=max_iterations, x0=deflated_guess(ritz, rhs))
+        if not np.all(block.converged):
+            log.warning("%d of %d aggregate solves did not converge", int(np.sum(~block.converged)), rhs.shape[1])
+        exact_cov = rhs.T @ block.X
+        exact_cov = 0.5 * (exact_cov + exact_cov.T)
+        diagnostics["aggregate_iterations"] = int(block.iterations)
+    return Posterior(x_b=problem.x_b, x_a=x_a, B=B, covariance=cov, diagnostics=diagnostics,
+                     exact_for=aggregates if exact_cov is not None else None, exact_cov=exact_cov)
+
+
+SOLVERS = {"analytical": solve_analytical, "variational": solve_variational}
+
+
+def solve(problem: Problem, aggregates: Aggregates | None = None) -> Posterior:
+    """Run the solver named in the configuration."""
+    cfg = problem.config.solver
+    return SOLVERS[cfg.method](problem, form=cfg.form, tolerance=cfg.tolerance, max_iterations=cfg.max_iterations,
+                               reorthogonalize=cfg.reorthogonalize, aggregates=aggregates)

@@ -1,0 +1,193 @@
+"""The state space: what the inversion estimates and how it maps to gridded flux.
+
+State vector x = [flux part ; extras]:
+
+* flux part, flattened (sector, period, region) with region fastest: x[s, p, r] is the
+  dimensionless **scaling factor** of the prior flux of optimised sector s inside region r
+  during period p (prior mean 1);
+* extras: one **background offset** per site (mol mol⁻¹, prior mean 0) when enabled.
+
+Gridded flux (mol m⁻² s⁻¹) over the flux time axis, flattened (time, lat, lon):
+
+    f(x) = f_fixed + E x_flux,
+    E[(t,i,j), (s,p,r)] = φ_s(t,i,j) · m_r(i,j) · 1[t ∈ p]
+
+with φ_s the prior flux of sector s and m_r the region fraction.  f_fixed holds the fixed
+sectors plus the optimised sectors where no (region, period) covers them (cells outside all
+regions, flux steps before the first period during footprint back-time), so f(x_b) is the
+full prior flux.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+import xarray as xr
+from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+from transport.errors import InputError
+from transport.grid import TimeAxis
+from transport.units import MOLE_FRACTION_UNITS
+
+from .prior import PriorFlux
+from .regions import Regions
+
+
+def state_periods(start: np.datetime64, end: np.datetime64, period_days: float, flux_time: TimeAxis,
+                  source: str) -> TimeAxis:
+    """Periods of ``period_days`` from ``start`` (the last one may be shorter), aligned with
+    flux-step boundaries so each flux step lies in exactly one period."""
+    step = np.timedelta64(int(round(period_days * 86400)), "s")
+    starts = np.arange(start, end, step).astype("datetime64[s]")
+    ends = np.minimum(starts + step, end).astype("datetime64[s]")
+    boundaries = set(flux_time.start.tolist()) | set(flux_time.end.tolist())
+    off = [b for b in np.concatenate([starts, ends[-1:]]).tolist() if b not in boundaries]
+    if off:
+        raise InputError(source, "state.period_days / run.start / run.end",
+                         f"period boundary {off[0]} is not a flux time-step boundary",
+                         "choose run times and a period length that fall on flux step boundaries")
+    return TimeAxis(start=starts, end=ends)
+
+
+@dataclass(frozen=True, eq=False)
+class StateSpace:
+    sectors: tuple[str, ...]
+    regions: Regions
+    periods: TimeAxis
+    sites: tuple[str, ...]
+    prior: PriorFlux
+    fixed_sectors: tuple[str, ...] = ()
+
+    # ---- sizes and indexing -------------------------------------------------------------
+    @property
+    def n_sector(self) -> int:
+        return len(self.sectors)
+
+    @property
+    def n_period(self) -> int:
+        return self.periods.size
+
+    @property
+    def n_region(self) -> int:
+        return self.regions.size
+
+    @property
+    def n_flux(self) -> int:
+        return self.n_sector * self.n_period * self.n_region
+
+    @property
+    def size(self) -> int:
+        return self.n_flux + len(self.sites)
+
+    @property
+    def flux_time(self) -> TimeAxis:
+        return self.prior.time
+
+    @property
+    def n_columns(self) -> int:
+        return self.flux_time.size * self.regions.grid.size
+
+    def flux_index(self, sector: int, period: int, region: int) -> int:
+        return (sector * self.n_period + period) * self.n_region + region
+
+    @cached_property
+    def period_of_step(self) -> np.ndarray:
+        """Period index of each flux time step (−1 when the step is in no period)."""
+        return self.periods.locate(self.flux_time.start)
+
+    @cached_property
+    def period_seconds(self) -> np.ndarray:
+        """Duration of each period covered by flux steps (s)."""
+        out = np.zeros(self.n_period)
+        inside = self.period_of_step >= 0
+        np.add.at(out, self.period_of_step[inside], self.flux_time.duration_s[inside])
+        return out
+
+    def prior_mean(self) -> np.ndarray:
+        return np.concatenate([np.ones(self.n_flux), np.zeros(len(self.sites))])
+
+    # ---- flux mapping ---------------------------------------------------------------------
+    @cached_property
+    def E(self) -> sp.csr_matrix:
+        """E as a sparse matrix (n_columns × n_flux), mol m⁻² s⁻¹ per unit scaling factor."""
+        ncell = self.regions.grid.size
+        steps = np.flatnonzero(self.period_of_step >= 0)
+        rows, cols, vals = [], [], []
+        for r in range(self.n_region):
+            frac = self.regions.fraction[r].ravel()
+            cells = np.flatnonzero(frac)
+            row = (steps[:, None] * ncell + cells[None, :]).ravel()
+            for s, name in enumerate(self.sectors):
+                pattern = self.prior.sectors[name].reshape(self.flux_time.size, ncell)
+                val = (pattern[steps][:, cells] * frac[cells]).ravel()
+                col = self.flux_index(s, 0, r) + self.period_of_step[steps] * self.n_region
+                rows.append(row)
+                cols.append(np.repeat(col, cells.size))
+                vals.append(val)
+        matrix = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                               shape=(self.n_columns, self.n_flux))
+        matrix.eliminate_zeros()
+        return matrix
+
+    def E_operator(self) -> LinearOperator:
+        return aslinearoperator(self.E)
+
+    @cached_property
+    def fixed_flux(self) -> np.ndarray:
+        """f_fixed (n_columns,), mol m⁻² s⁻¹: fixed sectors + uncovered optimised flux."""
+        nt = self.flux_time.size
+        coverage = self.regions.fraction.sum(axis=0)[None, :, :] * (self.period_of_step >= 0)[:, None, None]
+        total = np.zeros((nt,) + self.regions.grid.shape)
+        for name in self.fixed_sectors:
+            total += self.prior.sectors[name]
+        for name in self.sectors:
+            total += self.prior.sectors[name] * (1.0 - coverage)
+        return total.ravel()
+
+    def to_flux(self, x: np.ndarray) -> np.ndarray:
+        """Total gridded flux f(x), shape (n_time, nlat, nlon), mol m⁻² s⁻¹."""
+        f = self.fixed_flux + self.E @ x[: self.n_flux]
+        return f.reshape((self.flux_time.size,) + self.regions.grid.shape)
+
+    # ---- named views ----------------------------------------------------------------------
+    def coords(self) -> dict:
+        return {
+            "sector": list(self.sectors),
+            "period": self.periods.start,
+            "period_end": ("period", self.periods.end),
+            "region": list(self.regions.names),
+            "site": list(self.sites),
+        }
+
+    def to_dataset(self, x: np.ndarray, name: str) -> xr.Dataset:
+        """x as named arrays: ``{name}_scaling_factor(sector, period, region)`` and
+        ``{name}_background_offset(site)`` (mol mol⁻¹)."""
+        flux = x[: self.n_flux].reshape(self.n_sector, self.n_period, self.n_region)
+        ds = xr.Dataset(coords=self.coords())
+        ds[f"{name}_scaling_factor"] = (("sector", "period", "region"), flux, {"units": "1"})
+        if self.sites:
+            ds[f"{name}_background_offset"] = (("site",), x[self.n_flux:], {"units": MOLE_FRACTION_UNITS})
+        return ds
+
+    def from_dataset(self, ds: xr.Dataset, name: str, source: str) -> np.ndarray:
+        """Inverse of :meth:`to_dataset` (used to read a twin's truth); checks the labels."""
+        var = f"{name}_scaling_factor"
+        if var not in ds:
+            raise InputError(source, var, "variable missing", f"write it with StateSpace.to_dataset(x, {name!r})")
+        da = ds[var]
+        for dim, labels in (("sector", self.sectors), ("region", self.regions.names)):
+            if tuple(str(v) for v in da[dim].values) != tuple(labels):
+                raise InputError(source, dim, "labels differ from this run's state", "regenerate the file for this case")
+        if da.sizes["period"] != self.n_period or not np.array_equal(
+                np.asarray(da["period"].values).astype("datetime64[s]"), self.periods.start):
+            raise InputError(source, "period", "periods differ from this run's state", "regenerate the file for this case")
+        parts = [np.asarray(da.transpose("sector", "period", "region").values, dtype=np.float64).ravel()]
+        if self.sites:
+            off = f"{name}_background_offset"
+            if off not in ds or tuple(str(v) for v in ds["site"].values) != self.sites:
+                raise InputError(source, off, "missing or its sites differ", "regenerate the file for this case")
+            parts.append(np.asarray(ds[off].values, dtype=np.float64))
+        return np.concatenate(parts)

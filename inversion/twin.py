@@ -1,0 +1,209 @@
+"""Synthetic twin cases: generate every input of a case from its ``twin.toml``.
+
+The case's ``config.toml`` gives the grid, run period, state and error settings; ``twin.toml``
+gives the sites, observation hours, footprint back-time, synthetic prior and the seed.
+Generation is deterministic for a seed and writes, under the case, the footprint store, the
+prior flux, the region mask, the observations and the truth:
+
+    truth       x_t = x_b + L z,           z ~ N(0, I)          (a draw from B)
+    observation y   = background + K f(x_t) + offset_t + ε,   ε ~ N(0, R)
+
+where f is the state-to-flux map and R the diagonal of total observation errors, both built
+by the same code the inversion uses (:func:`inversion.problem.build_problem`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from transport.errors import InputError
+from transport.grid import Grid, TimeAxis
+from transport.store import FootprintStore
+from transport.synthetic import plume_footprints
+from transport.units import MOLE_FRACTION_UNITS, parse_quantity
+
+from .config import Config, ConfigError, ReportConfig, load_config
+from .io import write_netcdf
+from .parallel import SerialComm
+from .problem import build_problem
+from .progress import log
+
+TWIN_NAME = "twin.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TwinSite(_Strict):
+    code: str
+    name: str
+    lat: float
+    lon: float
+    height: float  # inlet height, m above ground
+
+
+class TwinCity(_Strict):
+    name: str
+    lat: float
+    lon: float
+    peak: float  # fossil flux in the city's centre cell, µmol m-2 s-1
+
+
+class TwinConfig(_Strict):
+    seed: int
+    flux_step_hours: int = 3
+    back_hours: float = 96.0
+    obs_hours_utc: list[int]
+    measurement_uncertainty: str = "0.2 ppm"
+    background: str = "420 ppm"
+    region_blocks: tuple[int, int] = (4, 4)
+    gpp_max: float = 15.0  # µmol m-2 s-1 at noon for full vegetation
+    respiration: float = 4.0  # µmol m-2 s-1 for full vegetation
+    sites: list[TwinSite]
+    cities: list[TwinCity] = []
+
+
+def load_twin(case_dir: Path) -> TwinConfig:
+    path = case_dir / TWIN_NAME
+    if not path.is_file():
+        raise InputError(path, None, "twin description not found", f"a twin case needs {TWIN_NAME} beside config.toml")
+    try:
+        return TwinConfig.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (ValidationError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _grid(config: Config) -> Grid:
+    if config.grid is None:
+        raise InputError(config.source, "grid", "a twin case needs a [grid] section", "add lat/lon limits and spacing")
+    g = config.grid
+    return Grid.regular(g.lat_min, g.lat_max, g.lon_min, g.lon_max, g.dlat, g.dlon)
+
+
+def _receptors(config: Config, twin: TwinConfig, grid: Grid) -> xr.Dataset:
+    days = np.arange(config.run.start.astype("datetime64[D]"), config.run.end.astype("datetime64[D]"))
+    rows = []
+    for site in twin.sites:
+        if not (grid.lat_bounds[0, 0] < site.lat < grid.lat_bounds[-1, 1]
+                and grid.lon_bounds[0, 0] < site.lon < grid.lon_bounds[-1, 1]):
+            raise InputError(Path(config.source).parent / TWIN_NAME, f"sites.{site.code}", "site outside the grid",
+                             "move the site or enlarge [grid]")
+        for day in days:
+            for hour in twin.obs_hours_utc:
+                t = (day + np.timedelta64(hour, "h")).astype("datetime64[s]")
+                if config.run.start <= t < config.run.end:
+                    rows.append((f"{site.code}-{np.datetime_as_string(t, unit='h')}", t, site))
+    return xr.Dataset({
+        "obs_id": ("obs", [r[0] for r in rows]),
+        "time": ("obs", np.array([r[1] for r in rows], dtype="datetime64[s]")),
+        "site": ("obs", [r[2].code for r in rows]),
+        "latitude": ("obs", [r[2].lat for r in rows]),
+        "longitude": ("obs", [r[2].lon for r in rows]),
+        "height": ("obs", [r[2].height for r in rows]),
+    })
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_cells: float) -> np.ndarray:
+    """A smooth random field in [0, 1] (Gaussian-filtered white noise, rescaled)."""
+    from scipy.ndimage import gaussian_filter
+
+    f = gaussian_filter(rng.standard_normal(shape), scale_cells, mode="wrap")
+    return (f - f.min()) / (f.max() - f.min())
+
+
+def _prior(twin: TwinConfig, grid: Grid, time: TimeAxis, rng: np.random.Generator) -> xr.Dataset:
+    """Biosphere NEE with a diurnal cycle (µmol m-2 s-1) and fossil city plumes (mol m-2 s-1)."""
+    veg = 0.2 + 0.8 * _smooth_field(rng, grid.shape, 3.0)
+    mid = time.start + (time.end - time.start) / 2
+    utc_hours = (mid - mid.astype("datetime64[D]")) / np.timedelta64(1, "h")
+    solar = (utc_hours[:, None] + grid.lon[None, :] / 15.0) % 24.0  # local solar time (t, lon)
+    light = np.clip(np.sin(np.pi * (solar - 6.0) / 12.0), 0.0, None)
+    nee = (twin.respiration - twin.gpp_max * light[:, None, :]) * veg[None, :, :]
+    lat, lon = np.meshgrid(grid.lat, grid.lon, indexing="ij")
+    fossil = np.zeros(grid.shape)
+    for city in twin.cities:
+        d2 = ((lat - city.lat) * 111.0) ** 2 + ((lon - city.lon) * 111.0 * np.cos(np.radians(city.lat))) ** 2
+        fossil += city.peak * np.exp(-d2 / (2 * 40.0**2))
+    fossil = np.broadcast_to(0.3 + fossil, nee.shape) * 1e-6
+    return xr.Dataset(
+        {
+            "bio": (("time", "lat", "lon"), nee, {"units": "umol m-2 s-1", "long_name": "net ecosystem exchange "
+                                                  "(synthetic), positive upward"}),
+            "fossil": (("time", "lat", "lon"), fossil, {"units": "mol m-2 s-1", "long_name": "fossil CO2 emission "
+                                                        "(synthetic), positive upward"}),
+        },
+        coords={"time": time.start, "lat": grid.lat, "lon": grid.lon},
+    )
+
+
+def _regions(grid: Grid, blocks: tuple[int, int]) -> xr.Dataset:
+    """Rectangular blocks B01, B02, … (row-major from the south-west) covering the grid."""
+    nb_lat, nb_lon = blocks
+    i_edges = np.linspace(0, grid.shape[0], nb_lat + 1).round().astype(int)
+    j_edges = np.linspace(0, grid.shape[1], nb_lon + 1).round().astype(int)
+    frac = np.zeros((nb_lat * nb_lon,) + grid.shape)
+    names = []
+    for a in range(nb_lat):
+        for b in range(nb_lon):
+            k = a * nb_lon + b
+            frac[k, i_edges[a]:i_edges[a + 1], j_edges[b]:j_edges[b + 1]] = 1.0
+            names.append(f"B{k + 1:02d}")
+    return xr.Dataset({"region_fraction": (("region", "lat", "lon"), frac, {"units": "1"})},
+                      coords={"region": names, "lat": grid.lat, "lon": grid.lon})
+
+
+def _observations(receptors: xr.Dataset, value: np.ndarray, uncertainty: float, background: float) -> xr.Dataset:
+    n = receptors.sizes["obs"]
+    return xr.Dataset({
+        "obs_id": ("obs", receptors["obs_id"].values),
+        "time": ("obs", receptors["time"].values),
+        "site": ("obs", receptors["site"].values),
+        "value": ("obs", value * 1e6, {"units": "ppm"}),
+        "uncertainty": ("obs", np.full(n, uncertainty * 1e6), {"units": "ppm"}),
+        "background": ("obs", np.full(n, background * 1e6), {"units": "ppm"}),
+    })
+
+
+def make_twin_data(case: Path) -> dict[str, Path]:
+    """Generate all inputs of a twin case; returns the written paths by config key."""
+    config = load_config(case)
+    case_dir = Path(config.source).parent
+    twin = load_twin(case_dir)
+    rng = np.random.default_rng(twin.seed)
+    grid = _grid(config)
+    step = np.timedelta64(twin.flux_step_hours, "h")
+    back = np.timedelta64(int(np.ceil(twin.back_hours / twin.flux_step_hours)) * twin.flux_step_hours, "h")
+    time = TimeAxis.regular(config.run.start - back, config.run.end, step)
+    receptors = _receptors(config, twin, grid)
+    log.info("twin %s: %d receptors at %d sites, grid %s, %d flux steps", config.run.name, receptors.sizes["obs"],
+             len(twin.sites), grid.describe(), time.size)
+    for path in config.input_paths().values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    K = plume_footprints(grid, time, receptors, rng=rng, back_hours=twin.back_hours)
+    with FootprintStore.create(config.transport.footprints, grid, time, receptors, overwrite=True) as writer:
+        writer.append(K)
+    write_netcdf(_prior(twin, grid, time, rng), config.prior.file)
+    write_netcdf(_regions(grid, twin.region_blocks), config.state.regions)
+
+    # Observations need the forward model: write a placeholder (value = background), build the
+    # problem with the inversion's own code, then write the real values.
+    uncertainty = parse_quantity(twin.measurement_uncertainty, MOLE_FRACTION_UNITS)
+    background = parse_quantity(twin.background, MOLE_FRACTION_UNITS)
+    n = receptors.sizes["obs"]
+    write_netcdf(_observations(receptors, np.full(n, background), uncertainty, background), config.observations.file)
+    problem = build_problem(config.model_copy(update={"report": ReportConfig()}), SerialComm())  # truth not yet written
+    truth = problem.x_b + problem.B.sample(rng)
+    noise = np.sqrt(problem.R.variance()) * rng.standard_normal(problem.n_obs)
+    value = problem.obs["background"].values + problem.simulate(truth) + noise
+    # problem.obs is ordered by store row, which is the receptor order written above.
+    write_netcdf(_observations(receptors, value, uncertainty, background), config.observations.file)
+    if config.report.truth is not None:
+        write_netcdf(problem.state.to_dataset(truth, "truth"), config.report.truth)
+    return config.input_paths()
