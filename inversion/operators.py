@@ -4,8 +4,13 @@
 
 K: footprints (m² s mol⁻¹, this rank's rows), E: state → gridded flux (mol m⁻² s⁻¹ per unit
 scaling factor), S: one-hot site membership of each observation (background offsets).
-The forward needs no communication.  The adjoint applies Kᵀ and Eᵀ locally and then reduces
-once over ranks, so the only message is one state-sized ``Allreduce``.
+
+The product K E is formed once as a sparse matrix: every row of E has at most
+(sectors × regions overlapping the cell) non-zeros, so nnz(K E) ≤ nnz(K) · that number, and
+applying it never touches the (time × lat × lon) grid space again.  This matters most for
+blocks of vectors (exact aggregate variances), where the grid-space intermediate would be
+n_columns × k dense.  The forward needs no communication; the adjoint reduces once over
+ranks (one state-sized ``Allreduce``).
 """
 
 from __future__ import annotations
@@ -19,41 +24,25 @@ from transport.operator import FootprintOperator
 
 class ObservationOperator(LinearOperator):
     def __init__(self, K: FootprintOperator, E: sp.csr_matrix, site_index: np.ndarray, n_sites: int, comm):
-        self.K = K
-        self.E = E
-        self.site_index = np.asarray(site_index, dtype=np.int64)
-        self.n_sites = n_sites
+        n_local = K.shape[0]
+        onehot = sp.csr_matrix((np.ones(n_local), (np.arange(n_local), np.asarray(site_index, dtype=np.int64))),
+                               shape=(n_local, n_sites))
+        self.matrix = sp.hstack([K.matrix @ E, onehot], format="csr")
+        self.matrix_T = self.matrix.T.tocsr()  # row-major transpose: fast adjoint products
         self.comm = comm
-        self.n_flux = E.shape[1]
-        super().__init__(dtype=np.float64, shape=(K.shape[0], self.n_flux + n_sites))
+        super().__init__(dtype=np.float64, shape=self.matrix.shape)
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64).ravel()
-        out = self.K.matvec(self.E @ x[: self.n_flux])
-        if self.n_sites:
-            out = out + x[self.n_flux:][self.site_index]
-        return out
+        return self.matrix @ np.asarray(x, dtype=np.float64).ravel()
 
     def _matmat(self, X: np.ndarray) -> np.ndarray:
-        out = self.K.matmat(self.E @ X[: self.n_flux])
-        if self.n_sites:
-            out = out + X[self.n_flux:][self.site_index]
-        return out
-
-    def _local_adjoint(self, lam: np.ndarray) -> np.ndarray:
-        flux = self.E.T @ self.K.rmatmat_local(lam) if lam.ndim == 2 else self.E.T @ self.K.rmatvec_local(lam)
-        if not self.n_sites:
-            return flux
-        shape = (self.n_sites,) + lam.shape[1:]
-        offsets = np.zeros(shape)
-        np.add.at(offsets, self.site_index, lam)
-        return np.concatenate([flux, offsets])
+        return self.matrix @ np.asarray(X, dtype=np.float64)
 
     def _rmatvec(self, lam: np.ndarray) -> np.ndarray:
-        return self.comm.allreduce(self._local_adjoint(np.asarray(lam, dtype=np.float64).ravel()))
+        return self.comm.allreduce(self.matrix_T @ np.asarray(lam, dtype=np.float64).ravel())
 
     def _rmatmat(self, lam: np.ndarray) -> np.ndarray:
-        return self.comm.allreduce(self._local_adjoint(np.asarray(lam, dtype=np.float64)))
+        return self.comm.allreduce(self.matrix_T @ np.asarray(lam, dtype=np.float64))
 
     def _adjoint(self) -> LinearOperator:
         return LinearOperator(shape=(self.shape[1], self.shape[0]), dtype=self.dtype,
@@ -62,7 +51,4 @@ class ObservationOperator(LinearOperator):
 
     def jacobian_local(self) -> np.ndarray:
         """Dense H rows of this rank (n_local × n_state), for the analytical solver."""
-        flux = (self.K.matrix @ self.E).toarray()
-        offsets = np.zeros((self.shape[0], self.n_sites))
-        offsets[np.arange(self.shape[0]), self.site_index] = 1.0
-        return np.hstack([flux, offsets])
+        return self.matrix.toarray()

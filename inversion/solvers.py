@@ -142,7 +142,7 @@ def solve_variational(problem: Problem, *, tolerance: float = 1e-8, max_iteratio
         block = block_cg(apply, rhs, tol=tolerance, max_iter=max_iterations, x0=deflated_guess(ritz, rhs))
         if not np.all(block.converged):
             log.warning("%d of %d aggregate solves did not converge", int(np.sum(~block.converged)), rhs.shape[1])
-        exact_cov = rhs.T @ block.X
+        exact_cov = rhs.T @ block.x
         exact_cov = 0.5 * (exact_cov + exact_cov.T)
         diagnostics["aggregate_iterations"] = int(block.iterations)
     return Posterior(x_b=problem.x_b, x_a=x_a, B=B, covariance=cov, diagnostics=diagnostics,
