@@ -149,13 +149,14 @@ def _cmd_validate(args, comm) -> int:
     inputs = open_inputs(config)
     read_truth(config, inputs.state)
     prior_covariance(config, inputs.state)  # positive definiteness
-    store, rows = inputs.store, inputs.obs["row"].values
+    store = inputs.store
     blocks = list(store.iter_row_blocks())
+    t0 = time.perf_counter()
     with Progress(comm, "checking footprint values", len(blocks)) as bar:
         for k, (start, stop) in enumerate(blocks):
             store.read_rows(start, stop, check=True)
             bar.update(k + 1)
-    nnz_used = int(sum(store.row_nnz(int(r)) for r in rows)) if hasattr(store, "row_nnz") else store.nnz
+    read_seconds = time.perf_counter() - t0
     console = Console()
     state = inputs.state
     console.print(f"[bold]{config.source}[/bold]: all inputs valid")
@@ -164,9 +165,11 @@ def _cmd_validate(args, comm) -> int:
                   f"state {state.size:,} = {state.n_sector} sectors × {state.n_period} periods × "
                   f"{state.n_region} regions + {len(state.sites)} offsets")
     rates = measure_rates()
-    est = estimates(state.size, inputs.obs.sizes["obs"], nnz_used, comm.size, config.solver.max_iterations, rates)
-    table = Table(title=f"estimated needs on {comm.size} rank(s) (GEMM {rates['gemm_flops'] / 1e9:.0f} GFLOP/s, "
-                  f"copy {rates['bandwidth_bytes'] / 1e9:.0f} GB/s measured now)")
+    est = estimates(state.size, inputs.obs.sizes["obs"], store.nnz, state.n_sector, comm.size,
+                    config.solver.max_iterations, rates, read_seconds)
+    table = Table(title=f"estimated needs on {comm.size} rank(s) (measured now: GEMM {rates['gemm_flops'] / 1e9:.0f} "
+                  f"GFLOP/s, copy {rates['bandwidth_bytes'] / 1e9:.0f} GB/s, footprint read "
+                  f"{store.nnz / read_seconds / 1e6:.0f} M non-zeros/s)")
     table.add_column("solver")
     table.add_column("memory per rank", justify="right")
     table.add_column("time", justify="right")
