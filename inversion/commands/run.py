@@ -1,0 +1,93 @@
+"""``tanhui run``: validate every input, build H, B, R, solve, write the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .. import __version__
+from . import EXIT_OK, add_case_arguments
+
+NAME = "run"
+HELP = "run the inversion of a case and write its outputs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Validate every input, build H, B, R, solve, and write posterior_state.nc, "
+                          "posterior_flux.nc, totals.csv, diagnostics.json and config.resolved.toml.")
+    add_case_arguments(parser)
+    parser.add_argument("--output-dir", type=Path, help="override run.output_dir")
+    parser.add_argument("--solver", choices=["analytical", "variational"], help="override solver.method")
+    parser.add_argument("--overwrite", action="store_true", help="replace another run's outputs in the output dir")
+
+
+def main(args, comm) -> int:
+    from ..aggregates import WHOLE_RUN, region_totals, report_unit
+    from ..config import load_config, provenance
+    from ..outputs import check_output_dir, site_statistics, totals_table, write_outputs
+    from ..problem import build_problem, open_inputs, read_truth
+    from ..progress import log
+    from ..solvers import solve
+
+    t0 = time.perf_counter()
+    config = load_config(args.config)
+    updates = {}
+    if args.output_dir is not None:
+        updates["output_dir"] = args.output_dir.resolve()
+    if updates:
+        config = config.model_copy(update={"run": config.run.model_copy(update=updates)})
+    if args.solver:
+        config = config.model_copy(update={"solver": config.solver.model_copy(update={"method": args.solver})})
+    out_dir = config.run.output_dir
+    check_output_dir(out_dir, args.overwrite)
+    inputs = open_inputs(config)
+    truth = read_truth(config, inputs.state)
+    t_inputs = time.perf_counter()
+    problem = build_problem(config, comm, inputs)
+    t_build = time.perf_counter()
+    aggregates = region_totals(problem.state)
+    posterior = solve(problem, aggregates)
+    t_solve = time.perf_counter()
+    sites = site_statistics(problem, posterior)
+    if comm.is_root:
+        hashes = provenance(config)
+        rows = totals_table(config, aggregates, posterior, truth)
+        diagnostics = {**posterior.diagnostics, "sites": sites, "tanhui_version": __version__,
+                       "timings_s": {"validate_inputs": t_inputs - t0, "build_problem": t_build - t_inputs,
+                                     "solve": t_solve - t_build}}
+        write_outputs(out_dir, problem, posterior, rows, diagnostics, truth, hashes)
+        diagnostics["timings_s"]["total"] = time.perf_counter() - t0
+        _print_summary(config, rows, posterior.diagnostics, truth is not None, report_unit(config.run.species)[0],
+                       WHOLE_RUN)
+        log.info("outputs written to %s (%.1f s)", out_dir, time.perf_counter() - t0)
+    comm.barrier()
+    return EXIT_OK
+
+def _print_summary(config, rows, diag, has_truth, unit, whole) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{config.run.name}: net flux {str(config.run.start)[:10]} … {str(config.run.end)[:10]} "
+                  f"({unit}, positive = emission)")
+    table.add_column("region")
+    table.add_column("prior ± 1σ", justify="right")
+    table.add_column("posterior ± 1σ", justify="right")
+    if has_truth:
+        table.add_column("truth", justify="right")
+    table.add_column("σ reduction", justify="right")
+    for r in rows:
+        if r["period"] != "whole_run":
+            continue
+        cells = [r["region"], f"{r['prior']:.2f} ± {r['prior_sd']:.2f}", f"{r['posterior']:.2f} ± {r['posterior_sd']:.2f}"]
+        if has_truth:
+            cells.append(f"{r['truth']:.2f}")
+        cells.append(f"{100 * r['uncertainty_reduction']:.0f} %")
+        table.add_row(*cells)
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    lo, hi = diag["chi2_per_obs_95"]
+    extra = f", iterations {diag['iterations']}" if "iterations" in diag else ""
+    console.print(f"solver {diag['solver']}{' (' + diag['form'] + ' form)' if 'form' in diag else ''}{extra}; "
+                  f"χ²/n = {diag['chi2_per_obs']:.3f} (95 % range for correct errors {lo:.3f}–{hi:.3f}); "
+                  f"DOFS = {diag['dofs']:.1f} of {diag['n_state']}; n_obs = {diag['n_obs']}")
