@@ -25,9 +25,11 @@ from transport.operator import FootprintOperator
 class ObservationOperator(LinearOperator):
     def __init__(self, K: FootprintOperator, E: sp.csr_matrix, site_index: np.ndarray, n_sites: int, comm):
         n_local = K.shape[0]
-        onehot = sp.csr_matrix((np.ones(n_local), (np.arange(n_local), np.asarray(site_index, dtype=np.int64))),
-                               shape=(n_local, n_sites))
-        self.matrix = sp.hstack([K.matrix @ E, onehot], format="csr")
+        blocks = [K.matrix @ E]
+        if n_sites:
+            blocks.append(sp.csr_matrix((np.ones(n_local), (np.arange(n_local), np.asarray(site_index, dtype=np.int64))),
+                                        shape=(n_local, n_sites)))
+        self.matrix = sp.hstack(blocks, format="csr")
         self.matrix_T = self.matrix.T.tocsr()  # row-major transpose: fast adjoint products
         self.comm = comm
         super().__init__(dtype=np.float64, shape=self.matrix.shape)
