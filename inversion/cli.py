@@ -12,9 +12,9 @@ import os
 import sys
 
 from . import __version__
-from .commands import EXIT_BAD_INPUT, demo, run, validate
+from .commands import EXIT_BAD_INPUT, demo, footprints, osse, run, tune, validate
 
-COMMAND_MODULES = (run, validate, demo)
+COMMAND_MODULES = (run, validate, demo, tune, osse, footprints)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -125,10 +125,10 @@ class Covariance(abc.ABC):
         )
 
 
-def _positive_vector(values, *, what: str, name: str) -> np.ndarray:
+def _positive_vector(values, *, what: str, name: str, allow_empty: bool = False) -> np.ndarray:
     """``values`` as a float64 vector whose entries are all finite and > 0."""
     values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
+    if values.ndim != 1 or (values.size == 0 and not allow_empty):
         raise CovarianceError(f"{name}: {what} must be a non-empty 1-D array, got shape {values.shape}")
     bad = ~(np.isfinite(values) & (values > 0))
     if bad.any():
@@ -142,10 +142,13 @@ def _positive_vector(values, *, what: str, name: str) -> np.ndarray:
 
 
 class Diagonal(Covariance):
-    """B = diag(variance): uncorrelated errors; L = diag(√variance)."""
+    """B = diag(variance): uncorrelated errors; L = diag(√variance).
 
-    def __init__(self, variance, *, name: str = "diagonal"):
-        self._variance = _positive_vector(variance, what="variances", name=name)
+    ``allow_empty``: the local block of a distributed covariance (R on a rank that holds no
+    observations) may have size 0."""
+
+    def __init__(self, variance, *, name: str = "diagonal", allow_empty: bool = False):
+        self._variance = _positive_vector(variance, what="variances", name=name, allow_empty=allow_empty)
         self._std = np.sqrt(self._variance)
         super().__init__(self._variance.size, name)
 

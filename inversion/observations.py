@@ -16,6 +16,13 @@ background       mole frac.  background mole fraction entering the domain
 All values are converted to mol mol⁻¹.  The total error of each observation is
 σ = √(uncertainty² + mismatch(site)²) with the model–data mismatch from the configuration.
 The returned dataset is ordered by footprint-store row, the order every rank partitions.
+
+:func:`load_observations` dispatches on the configured format: the schema above is read by
+:func:`read_observations`; raw files (ObsPack, openghg/AGAGE, CSV; :mod:`inversion.obs_formats`)
+are selected and averaged onto the footprint receptor times (:mod:`inversion.selection`) and
+get their background from ``[background]`` (:mod:`inversion.background`).  Either way the
+result has ``obs_id, time, site, row, value, background, measurement_sigma, sigma`` (mol mol⁻¹),
+plus ``background_edge(obs, edge)`` when the background comes from boundary curtains.
 """
 
 from __future__ import annotations
@@ -109,3 +116,55 @@ def read_observations(path: Path, cfg: ObservationsConfig, store_obs: xr.Dataset
         }
     ).isel(obs=order)
     return out
+
+
+def _check_site_mismatch(cfg: ObservationsConfig, sites: np.ndarray, where) -> None:
+    unknown = sorted(set(cfg.site_mismatch) - set(sites.tolist()))
+    if unknown:
+        raise InputError(where, "site", f"observations.site_mismatch names sites with no observation: "
+                         f"{', '.join(unknown)}", f"sites present: {', '.join(sorted(set(sites.tolist())))}")
+
+
+def load_observations(config, store) -> xr.Dataset:
+    """The run's observations on the footprint ``store`` (a :class:`transport.store.FootprintStore`),
+    from every configured source, with their background (see the module docstring)."""
+    from .background import EDGE_NAMES, read_background_series, read_curtains, series_background, \
+        store_edge_contributions
+    from .obs_formats import detect_format, read_series
+    from .progress import log
+    from .selection import select_observations
+
+    cfg, bg, run = config.observations, config.background, config.run
+    sources = [(s, s.format if s.format != "auto" else detect_format(s.file, run.species)) for s in cfg.source_list()]
+    paired = [s for s, fmt in sources if fmt == "tanhui"]
+    if paired:
+        if len(sources) != 1:
+            raise InputError(", ".join(str(s.file) for s, _ in sources), "format", "a tanhui observation file "
+                             "(already paired with its footprints) cannot be combined with other sources",
+                             "give it alone as observations.file")
+        obs = read_observations(paired[0].file, cfg, store.obs, run.start, run.end, store.path)
+        if bg.method != "file":
+            log.info("background from [background] method = %r replaces the background variable of %s",
+                     bg.method, paired[0].file)
+    else:
+        if bg.method == "file":
+            raise InputError(", ".join(str(s.file) for s, _ in sources), "background", "raw observation files "
+                             "carry no background", 'add [background] with method = "curtains" or "series"')
+        series = [one for s, fmt in sources for one in read_series(s.file, fmt, run.species, s.site)]
+        obs = select_observations(series, store.obs, cfg, run.start, run.end, store.path)
+        sites = obs["site"].values.astype(str)
+        _check_site_mismatch(cfg, sites, ", ".join(str(s.file) for s, _ in sources))
+        mismatch = np.array([cfg.mismatch(site) for site in sites])
+        obs["sigma"] = ("obs", np.hypot(obs["measurement_sigma"].values, mismatch), {"units": MOLE_FRACTION_UNITS})
+    if bg.method == "curtains":
+        curtains = read_curtains(bg.curtains, store.grid, units_if_missing=bg.curtain_units, grid_source=str(store.path))
+        edges = store_edge_contributions(store, obs["row"].values, obs["time"].values, curtains, bg.mapping)
+        obs["background_edge"] = (("obs", "edge"), edges, {"units": MOLE_FRACTION_UNITS,
+                                                          "long_name": "background entering through each domain edge"})
+        obs = obs.assign_coords(edge=list(EDGE_NAMES))
+        obs["background"] = ("obs", edges.sum(axis=1), {"units": MOLE_FRACTION_UNITS})
+    elif bg.method == "series":
+        background = read_background_series(bg.series)
+        obs["background"] = ("obs", series_background(background, obs["site"].values, obs["time"].values, bg.mapping),
+                             {"units": MOLE_FRACTION_UNITS})
+    return obs

@@ -1,9 +1,11 @@
 """The observation operator H of the state, for this rank's observations.
 
-    H x = K (E x_flux) + S x_offsets          (mol mol⁻¹)
+    H x = K (E x_flux) + S x_offsets + X x_extras          (mol mol⁻¹)
 
 K: footprints (m² s mol⁻¹, this rank's rows), E: state → gridded flux (mol m⁻² s⁻¹ per unit
-scaling factor), S: one-hot site membership of each observation (background offsets).
+scaling factor), S: one-hot site membership of each observation (background offsets), X: the
+given columns of the state extras (e.g. each domain edge's contribution to the modelled
+background, mol mol⁻¹ per unit boundary scaling factor).
 
 The product K E is formed once as a sparse matrix: every row of E has at most
 (sectors × regions overlapping the cell) non-zeros, so nnz(K E) ≤ nnz(K) · that number, and
@@ -23,12 +25,17 @@ from transport.operator import FootprintOperator
 
 
 class ObservationOperator(LinearOperator):
-    def __init__(self, K: FootprintOperator, E: sp.csr_matrix, site_index: np.ndarray, n_sites: int, comm):
+    def __init__(self, K: FootprintOperator, E: sp.csr_matrix, site_index: np.ndarray, n_sites: int, comm,
+                 extra_columns: sp.spmatrix | None = None):
         n_local = K.shape[0]
         blocks = [K.matrix @ E]
         if n_sites:
             blocks.append(sp.csr_matrix((np.ones(n_local), (np.arange(n_local), np.asarray(site_index, dtype=np.int64))),
                                         shape=(n_local, n_sites)))
+        if extra_columns is not None and extra_columns.shape[1]:
+            if extra_columns.shape[0] != n_local:
+                raise ValueError(f"extra_columns has {extra_columns.shape[0]} rows, this rank has {n_local} observations")
+            blocks.append(sp.csr_matrix(extra_columns, dtype=np.float64))
         self.matrix = sp.hstack(blocks, format="csr")
         self.matrix_T = self.matrix.T.tocsr()  # row-major transpose: fast adjoint products
         self.comm = comm

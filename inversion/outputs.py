@@ -124,7 +124,8 @@ def _state_dataset(state: StateSpace, posterior: Posterior, truth: np.ndarray | 
                                   {"long_name": "eigenvalues of G = L^T H^T R^-1 H L from Lanczos"})
     ds.attrs.update({"title": f"tanhui posterior state ({species})", "Conventions": "CF-1.8",
                      "state_order": "flux elements flattened (sector, period, region), region fastest; "
-                                    "then one background offset per site",
+                                    "then one background offset per site"
+                                    + "".join(f"; then {e.name} {e.dims} (C order)" for e in state.extras),
                      "source": f"tanhui {__version__}"})
     return ds
 
@@ -239,6 +240,10 @@ def write_outputs(out_dir: Path, problem: Problem, posterior: Posterior, rows: l
     """Write every output (rank 0 only); config.resolved.toml last marks completion."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # An overwritten run must never look complete with a mix of old and new files: remove the
+    # completion marker first, then every old output, before writing the new ones.
+    for name in reversed(OUTPUT_FILES):
+        (out_dir / name).unlink(missing_ok=True)
     config, state, species = problem.config, problem.state, problem.config.run.species
     write_netcdf(_state_dataset(state, posterior, truth, species), out_dir / "posterior_state.nc")
     write_netcdf(_flux_dataset(state, posterior, species), out_dir / "posterior_flux.nc")

@@ -9,11 +9,15 @@ The linear model, per observation (mol mol⁻¹):
     value − background = K f_fixed + H x + ε,   ε ~ N(0, R),  x ~ N(x_b, B)
 
 so the solvers see y = value − background − K f_fixed and the departures d = y − H x_b.
+With ``state.boundary_scaling`` the background is itself modelled, Σ_e x[e, p] · bg_e (one
+scaling factor per domain edge and period, prior mean 1), so it moves into H x and
+y = value − K f_fixed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +29,11 @@ from transport.operator import FootprintOperator
 from transport.store import FootprintStore
 from transport.units import MOLE_FRACTION_UNITS, parse_quantity
 
+from .background import boundary_scaling_columns, boundary_scaling_extra
 from .config import Config
 from .covariance import BlockDiagonal, Covariance, Dense, Diagonal, Kronecker, exponential_correlation, scaled_correlation
-from .observations import read_observations
+from .linalg import CovarianceError
+from .observations import load_observations
 from .operators import ObservationOperator
 from .parallel import partition
 from .prior import read_prior
@@ -47,7 +53,7 @@ class Problem:
     x_b: np.ndarray
     B: Covariance
     H: ObservationOperator
-    y: np.ndarray          # local: value − background − K f_fixed (mol mol⁻¹)
+    y: np.ndarray          # local: value − background − K f_fixed (mol mol⁻¹); background not subtracted when scaled
     R: Diagonal            # local observation error covariance
     obs: xr.Dataset        # local observations (ordered by store row)
     fixed_model: np.ndarray  # local K f_fixed (mol mol⁻¹)
@@ -59,25 +65,77 @@ class Problem:
         return self.y - self.H.matvec(self.x_b)
 
     def simulate(self, x: np.ndarray) -> np.ndarray:
-        """Modelled mole fraction above background, K f_fixed + H x (local, mol mol⁻¹)."""
+        """K f_fixed + H x (local, mol mol⁻¹): the modelled mole fraction above the background that
+        y excludes (with boundary scaling, the scaled background is part of H x)."""
         return self.fixed_model + self.H.matvec(x)
 
 
 def prior_covariance(config: Config, state: StateSpace) -> Covariance:
-    """B = ⊕_sectors σ²·(C_time ⊗ C_space) ⊕ diag(σ_bg²), exponential correlations in days
-    between period midpoints and in km between region centroids."""
+    """B = ⊕_sectors σ_s²·(C_time ⊗ C_space) ⊕ diag(σ_bg²), exponential correlations in days
+    between period midpoints and in km between region centroids; σ_s of each sector from
+    :meth:`~inversion.config.PriorConfig.sigma_of`."""
     cov = config.covariance
-    mid = state.periods.start + (state.periods.end - state.periods.start) / 2
-    dt_days = np.abs(mid[:, None] - mid[None, :]) / np.timedelta64(1, "D")
-    time = Dense(exponential_correlation(dt_days.astype(np.float64), cov.time_days), name="covariance (time correlation)")
-    sigma = np.full(state.n_region, cov.sigma)
-    space = scaled_correlation(sigma, exponential_correlation(state.regions.distance_km(), cov.length_km),
-                               name="covariance (spatial correlation of regions)")
-    blocks: list[Covariance] = [Kronecker(time, space, name=f"B[{s}]") for s in state.sectors]
+    try:
+        blocks = flux_covariance_blocks(state, sigma={s: config.prior.sigma_of(s, cov) for s in state.sectors},
+                                        length_km=cov.length_km, time_days=cov.time_days)
+    except CovarianceError as exc:
+        d = state.regions.distance_km() + np.diag(np.full(state.n_region, np.inf))
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        raise InputError(config.state.regions, "region_fraction",
+                         f"the prior covariance of the regions is not positive definite ({exc}); the closest "
+                         f"regions, {state.regions.names[i]} and {state.regions.names[j]}, have centroids "
+                         f"{d[i, j]:.3g} km apart", "merge or remove duplicated regions, or reduce "
+                         f"covariance.correlation_length ({cov.correlation_length}) in {config.source}") from None
     if state.sites:
         sd = parse_quantity(config.state.background_offset_sigma, MOLE_FRACTION_UNITS)
         blocks.append(Diagonal(np.full(len(state.sites), sd**2), name="B[background offsets]"))
+    blocks += [Diagonal(np.full(e.size, e.prior_sd**2), name=f"B[{e.name}]") for e in state.extras]
     return BlockDiagonal(blocks, name="B")
+
+
+def period_separation_days(state: StateSpace) -> np.ndarray:
+    """|Δt| between period midpoints (days), n_period × n_period."""
+    mid = state.periods.start + (state.periods.end - state.periods.start) / 2
+    return (np.abs(mid[:, None] - mid[None, :]) / np.timedelta64(1, "D")).astype(np.float64)
+
+
+def flux_covariance_blocks(state: StateSpace, *, sigma: Mapping[str, float], length_km: float,
+                           time_days: float) -> list[Covariance]:
+    """The first blocks of B, one per optimised sector: σ_s²·(C_time ⊗ C_space) with
+    exponential correlations (e-folding ``time_days`` between period midpoints, ``length_km``
+    between region centroids) and σ_s = ``sigma[sector]`` (scaling factors, 1)."""
+    time = Dense(exponential_correlation(period_separation_days(state), time_days),
+                 name="covariance (time correlation)")
+    correlation = exponential_correlation(state.regions.distance_km(), length_km)
+    return [Kronecker(time, scaled_correlation(np.full(state.n_region, sigma[s]), correlation,
+                                               name="covariance (spatial correlation of regions)"), name=f"B[{s}]")
+            for s in state.sectors]
+
+
+def with_flux_errors(problem: Problem, *, sigma: Mapping[str, float], length_km: float,
+                     time_days: float) -> BlockDiagonal:
+    """``problem.B`` with its sector blocks rebuilt for other error settings (the blocks after
+    them — background offsets and any other extra state elements — are kept).  Reads nothing:
+    ``tanhui tune`` and ``tanhui osse`` rebuild B for many error settings of one problem."""
+    n = problem.state.n_sector
+    return BlockDiagonal(flux_covariance_blocks(problem.state, sigma=sigma, length_km=length_km, time_days=time_days)
+                         + list(problem.B.blocks[n:]), name="B")
+
+
+def observation_covariance(obs: xr.Dataset, mismatch: np.ndarray) -> Diagonal:
+    """R = diag(σ_meas² + mismatch²) for a model–data mismatch per observation (mol mol⁻¹),
+    combined in quadrature as :func:`inversion.observations.read_observations` does."""
+    return Diagonal(obs["measurement_sigma"].values ** 2 + np.asarray(mismatch, dtype=np.float64) ** 2,
+                    name="R (this rank's observations)", allow_empty=True)
+
+
+def with_errors(problem: Problem, *, B: Covariance | None = None, R: Diagonal | None = None) -> Problem:
+    """The same problem (H, y, observations — nothing re-read) with other error covariances."""
+    if B is not None and B.size != problem.B.size:
+        raise ValueError(f"B has size {B.size}, the state {problem.B.size}")
+    if R is not None and R.size != problem.R.size:
+        raise ValueError(f"R has size {R.size}, this rank's observations {problem.R.size}")
+    return replace(problem, B=problem.B if B is None else B, R=problem.R if R is None else R)
 
 
 def _check_grid(config: Config, store: FootprintStore) -> None:
@@ -107,16 +165,16 @@ def open_inputs(config: Config) -> Inputs:
     store = FootprintStore(config.transport.footprints)
     _check_grid(config, store)
     grid_source = str(store.path)
-    obs = read_observations(config.observations.file, config.observations, store.obs, config.run.start,
-                            config.run.end, store.path)
-    prior = read_prior(config.prior.file, config.prior.optimised + config.prior.fixed, store.grid,
-                       store.time_axis, grid_source)
+    obs = load_observations(config, store)
+    prior = read_prior(config.prior, config.run.species, store.grid, store.time_axis, grid_source)
     regions = read_regions(config.state.regions, store.grid, grid_source)
     periods = state_periods(config.run.start, config.run.end, config.state.period_days, store.time_axis,
                             str(config.source))
     sites = tuple(sorted(set(obs["site"].values.tolist()))) if config.state.background_offset else ()
+    extras = (boundary_scaling_extra(periods, config.state.boundary_scaling_sigma),) \
+        if config.state.boundary_scaling else ()
     state = StateSpace(sectors=tuple(config.prior.optimised), regions=regions, periods=periods, sites=sites,
-                       prior=prior, fixed_sectors=tuple(config.prior.fixed))
+                       prior=prior, fixed_sectors=tuple(config.prior.fixed), extras=extras)
     return Inputs(store=store, obs=obs, state=state)
 
 
@@ -138,9 +196,9 @@ def build_problem(config: Config, comm, inputs: Inputs | None = None) -> Problem
     start, stop = partition(n_obs, comm.size, comm.rank)
     obs = obs_all.isel(obs=slice(start, stop))
     rows = obs["row"].values
-    log.info("state: %d elements (%d sectors × %d periods × %d regions + %d offsets); observations: %d "
+    log.info("state: %d elements (%d sectors × %d periods × %d regions + %d offsets%s); observations: %d "
              "(%d on this rank); footprints: %s", state.size, state.n_sector, state.n_period, state.n_region,
-             len(state.sites), n_obs, stop - start, store.path)
+             len(state.sites), "".join(f" + {e.size} {e.name}" for e in state.extras), n_obs, stop - start, store.path)
     if rows.size:
         block = store.read_rows(int(rows.min()), int(rows.max()) + 1, check=True)
         matrix = block[rows - rows.min()]
@@ -150,9 +208,12 @@ def build_problem(config: Config, comm, inputs: Inputs | None = None) -> Problem
     site_pos = {s: i for i, s in enumerate(state.sites)}
     site_index = np.array([site_pos[s] for s in obs["site"].values], dtype=np.int64) if state.sites else np.zeros(
         stop - start, dtype=np.int64)
-    H = ObservationOperator(K, state.E, site_index, len(state.sites), comm)
+    scaled = config.state.boundary_scaling
+    extra_columns = boundary_scaling_columns(obs["background_edge"].values, obs["time"].values, state.periods) \
+        if scaled else None
+    H = ObservationOperator(K, state.E, site_index, len(state.sites), comm, extra_columns=extra_columns)
     fixed_model = K.matvec(state.fixed_flux)
-    y = obs["value"].values - obs["background"].values - fixed_model
-    R = Diagonal(obs["sigma"].values ** 2, name="R")
+    y = obs["value"].values - (0.0 if scaled else obs["background"].values) - fixed_model
+    R = Diagonal(obs["sigma"].values ** 2, name="R (this rank's observations)", allow_empty=True)
     return Problem(config=config, comm=comm, state=state, x_b=state.prior_mean(), B=B, H=H, y=y, R=R, obs=obs,
                    fixed_model=fixed_model, n_obs=n_obs, obs_range=(start, stop))

@@ -5,7 +5,12 @@ State vector x = [flux part ; extras]:
 * flux part, flattened (sector, period, region) with region fastest: x[s, p, r] is the
   dimensionless **scaling factor** of the prior flux of optimised sector s inside region r
   during period p (prior mean 1);
-* extras: one **background offset** per site (mol mol⁻¹, prior mean 0) when enabled.
+* one **background offset** per site (mol mol⁻¹, prior mean 0) when enabled;
+* further **extras** (:class:`StateExtra`), each a named block of elements that enter H as
+  given columns and B as their own diagonal block, e.g. one boundary-condition scaling factor
+  per domain edge and period (prior mean 1).
+
+Order: [flux (sector, period, region) ; offsets (site) ; extra 1 (its dims, C order) ; …].
 
 Gridded flux (mol m⁻² s⁻¹) over the flux time axis, flattened (time, lat, lon):
 
@@ -53,6 +58,29 @@ def state_periods(start: np.datetime64, end: np.datetime64, period_days: float, 
 
 
 @dataclass(frozen=True, eq=False)
+class StateExtra:
+    """A block of extra state elements: named columns of H (built by whoever adds the
+    block, see :mod:`inversion.problem`) with a diagonal prior block σ² I in B.
+
+    ``dims`` label the block's axes (flattened in C order) with ``coords[dim]`` for every dim
+    that is not already a state coordinate (``period`` is shared with the flux part);
+    ``prior_mean`` and ``prior_sd`` hold for every element, in ``units``."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    coords: dict[str, list]
+    prior_mean: float
+    prior_sd: float
+    units: str
+    long_name: str = ""
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass(frozen=True, eq=False)
 class StateSpace:
     sectors: tuple[str, ...]
     regions: Regions
@@ -60,6 +88,7 @@ class StateSpace:
     sites: tuple[str, ...]
     prior: PriorFlux
     fixed_sectors: tuple[str, ...] = ()
+    extras: tuple[StateExtra, ...] = ()
 
     # ---- sizes and indexing -------------------------------------------------------------
     @property
@@ -80,7 +109,16 @@ class StateSpace:
 
     @property
     def size(self) -> int:
-        return self.n_flux + len(self.sites)
+        return self.n_flux + len(self.sites) + sum(e.size for e in self.extras)
+
+    def extra_slice(self, name: str) -> slice:
+        """Where the extra block ``name`` sits in the state vector."""
+        start = self.n_flux + len(self.sites)
+        for extra in self.extras:
+            if extra.name == name:
+                return slice(start, start + extra.size)
+            start += extra.size
+        raise KeyError(f"no state extra {name!r} (extras: {[e.name for e in self.extras]})")
 
     @property
     def flux_time(self) -> TimeAxis:
@@ -107,7 +145,8 @@ class StateSpace:
         return out
 
     def prior_mean(self) -> np.ndarray:
-        return np.concatenate([np.ones(self.n_flux), np.zeros(len(self.sites))])
+        return np.concatenate([np.ones(self.n_flux), np.zeros(len(self.sites))]
+                              + [np.full(e.size, e.prior_mean) for e in self.extras])
 
     # ---- flux mapping ---------------------------------------------------------------------
     @cached_property
@@ -160,16 +199,22 @@ class StateSpace:
             "period_end": ("period", self.periods.end),
             "region": list(self.regions.names),
             "site": list(self.sites),
+            **{dim: labels for e in self.extras for dim, labels in e.coords.items()},
         }
 
     def to_dataset(self, x: np.ndarray, name: str) -> xr.Dataset:
-        """x as named arrays: ``{name}_scaling_factor(sector, period, region)`` and
-        ``{name}_background_offset(site)`` (mol mol⁻¹)."""
+        """x as named arrays: ``{name}_scaling_factor(sector, period, region)``,
+        ``{name}_background_offset(site)`` (mol mol⁻¹) and ``{name}_{extra.name}(extra.dims)``
+        for every extra (e.g. ``posterior_boundary_scaling(edge, period)``)."""
         flux = x[: self.n_flux].reshape(self.n_sector, self.n_period, self.n_region)
         ds = xr.Dataset(coords=self.coords())
         ds[f"{name}_scaling_factor"] = (("sector", "period", "region"), flux, {"units": "1"})
         if self.sites:
-            ds[f"{name}_background_offset"] = (("site",), x[self.n_flux:], {"units": MOLE_FRACTION_UNITS})
+            ds[f"{name}_background_offset"] = (("site",), x[self.n_flux:self.n_flux + len(self.sites)],
+                                               {"units": MOLE_FRACTION_UNITS})
+        for extra in self.extras:
+            ds[f"{name}_{extra.name}"] = (extra.dims, x[self.extra_slice(extra.name)].reshape(extra.shape),
+                                          {"units": extra.units, "long_name": extra.long_name})
         return ds
 
     def from_dataset(self, ds: xr.Dataset, name: str, source: str) -> np.ndarray:
@@ -190,4 +235,10 @@ class StateSpace:
             if off not in ds or tuple(str(v) for v in ds["site"].values) != self.sites:
                 raise InputError(source, off, "missing or its sites differ", "regenerate the file for this case")
             parts.append(np.asarray(ds[off].values, dtype=np.float64))
+        for extra in self.extras:
+            var = f"{name}_{extra.name}"
+            if var not in ds or ds[var].dims != extra.dims or ds[var].shape != extra.shape:
+                raise InputError(source, var, f"missing or not of dims {extra.dims} and shape {extra.shape}",
+                                 "regenerate the file for this case")
+            parts.append(np.asarray(ds[var].values, dtype=np.float64).ravel())
         return np.concatenate(parts)

@@ -15,6 +15,13 @@ sensitivities in m² s mol⁻¹, so that  Δy [mol mol⁻¹] = Σ_col K[row, col
     /footprint/indptr  int64 (n_obs + 1)
     /footprint/indices int32 (int64 when n_columns >= 2**31), sorted within each row
     /footprint/data    float32
+    /boundary/height           float64 (n_height,), m above ground              (optional)
+    /boundary/n, /boundary/s   float32 (n_obs, n_height, nlon)  fraction of the particles
+    /boundary/e, /boundary/w   float32 (n_obs, n_height, nlat)  leaving through each edge
+
+``/boundary`` (boundary sensitivities, for the background) is optional and all-or-nothing:
+either every row has its four edges or the group is absent.  Stores without it are read as
+before (the format version is unchanged).
 
 A rank reads only its own rows: ``read_rows`` touches ``indptr[start:stop+1]`` and the
 matching slices of ``indices``/``data``, never the whole datasets.
@@ -56,6 +63,7 @@ _COMPRESSION = dict(compression="gzip", compression_opts=1, shuffle=True)
 _CHUNK = 1 << 17  # elements per chunk (512 KiB of float32)
 
 _OBS_FIELDS = ("obs_id", "time", "site", "latitude", "longitude", "height")
+BOUNDARY_EDGES = ("n", "s", "e", "w")  # n, s run along longitude; e, w along latitude
 _OBS_UNITS = {"time": TIME_UNITS, "latitude": "degrees_north", "longitude": "degrees_east", "height": "m"}
 _HINT_REBUILD = "Re-create the store with FootprintStore.create (or the footprint readers)"
 
@@ -112,7 +120,7 @@ def _check_rows(data, indices, indptr, n_columns: int, obs_id: np.ndarray, path)
 
     def offenders(bad: np.ndarray) -> str:
         rows = np.unique(np.searchsorted(indptr, np.flatnonzero(bad), side="right") - 1)
-        return f"in {rows.size} observations, e.g. {list(obs_id[rows[:5]])}"
+        return f"in {rows.size} observations, e.g. {', '.join(map(str, obs_id[rows[:5]]))}"
 
     bad = (indices < 0) | (indices >= n_columns)
     if bad.any():
@@ -132,6 +140,32 @@ def _check_rows(data, indices, indptr, n_columns: int, obs_id: np.ndarray, path)
             path, "footprint/data", f"{int(bad.sum())} negative values {offenders(bad)}",
             "Footprints are sensitivities and cannot be negative; fix the source footprints and rebuild the store",
         )
+
+
+def _edge_length(edge: str, grid: Grid) -> int:
+    return grid.lon.size if edge in ("n", "s") else grid.lat.size
+
+
+def _check_boundary(boundary, n_rows: int, n_height: int, grid: Grid, obs_id: np.ndarray, path) -> dict[str, np.ndarray]:
+    """Validate boundary fractions for ``n_rows`` rows; returns float32 arrays by edge."""
+    if not isinstance(boundary, Mapping) or set(boundary) != set(BOUNDARY_EDGES):
+        found = sorted(boundary) if isinstance(boundary, Mapping) else type(boundary).__name__
+        raise ValueError(f"boundary must be a mapping with exactly the edges {BOUNDARY_EDGES}, got {found}")
+    out = {}
+    for edge in BOUNDARY_EDGES:
+        values = np.asarray(boundary[edge], dtype=np.float32)
+        shape = (n_rows, n_height, _edge_length(edge, grid))
+        if values.shape != shape:
+            raise ValueError(f"boundary[{edge!r}] has shape {values.shape}, expected {shape} (rows, height, cells along the edge)")
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1 + 1e-6)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad)[0])
+            raise InputError(
+                path, f"boundary/{edge}", f"{int(bad.sum())} values that are NaN, inf or outside [0, 1] in {rows.size} "
+                f"observations, e.g. {list(obs_id[rows[:5]])}", "Boundary sensitivities are fractions of particles; fix the source files",
+            )
+        out[edge] = values
+    return out
 
 
 def _refuse_existing(path: Path) -> None:
@@ -209,6 +243,17 @@ class FootprintStore:
         _refuse_duplicates(columns["obs_id"], path)
         self.obs = xr.Dataset({name: ("obs", values) for name, values in columns.items()})
 
+        self.boundary_height = None
+        if "boundary" in f:
+            height = self._dataset(f, "boundary/height")[()]
+            if height.ndim != 1 or height.size == 0:
+                raise InputError(path, "boundary/height", f"shape {height.shape} is not a non-empty vector", _HINT_REBUILD)
+            for edge in BOUNDARY_EDGES:
+                shape = (self.n_obs, height.size, _edge_length(edge, self.grid))
+                if self._dataset(f, f"boundary/{edge}").shape != shape:
+                    raise InputError(path, f"boundary/{edge}", f"shape differs from (n_obs, n_height, n_cells) = {shape}", _HINT_REBUILD)
+            self.boundary_height = height
+
         self.n_columns = self.time_axis.size * self.grid.size
         indptr_ds = self._dataset(f, "footprint/indptr")
         indices_ds, data_ds = self._dataset(f, "footprint/indices"), self._dataset(f, "footprint/data")
@@ -245,6 +290,27 @@ class FootprintStore:
             _check_rows(data, indices, indptr, self.n_columns, self.obs["obs_id"].values[start:stop], self.path)
         return sp.csr_matrix((data, indices, indptr), shape=(stop - start, self.n_columns))
 
+    @property
+    def has_boundary(self) -> bool:
+        """True when the store holds boundary sensitivities (``/boundary``)."""
+        return self.boundary_height is not None
+
+    def read_boundary(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Boundary fractions of rows ``[start, stop)``: ``{"n"|"s": (rows, n_height, nlon),
+        "e"|"w": (rows, n_height, nlat)}`` float32 (heights in ``boundary_height``, m).
+
+        Reads only those rows.  A store without boundary sensitivities raises InputError.
+        """
+        if not self.has_boundary:
+            raise InputError(
+                self.path, "boundary", "the store has no boundary sensitivities",
+                "Ingest footprints that carry particle_locations_n/e/s/w (NAME, FLEXPART/PARIS) to get them",
+            )
+        if not (0 <= start <= stop <= self.n_obs):
+            raise ValueError(f"row range [{start}, {stop}) is not within [0, {self.n_obs}]")
+        with h5py.File(self.path, "r") as f:
+            return {edge: f[f"boundary/{edge}"][start:stop] for edge in BOUNDARY_EDGES}
+
     def iter_row_blocks(self, nnz_per_block: int = 1 << 22) -> Iterator[tuple[int, int]]:
         """Yield consecutive ``(start, stop)`` row ranges covering all rows, each holding
         about ``nnz_per_block`` non-zeros (at least one row per block)."""
@@ -260,14 +326,18 @@ class FootprintStore:
             start = stop
 
     @staticmethod
-    def create(path: str | os.PathLike, grid: Grid, time_axis: TimeAxis, obs, *, overwrite: bool = False) -> StoreWriter:
+    def create(
+        path: str | os.PathLike, grid: Grid, time_axis: TimeAxis, obs, *, overwrite: bool = False, boundary_height=None
+    ) -> StoreWriter:
         """Writer of a new store at ``path`` (use as a context manager, then ``append`` rows).
 
         ``obs``: mapping or ``xarray.Dataset`` with obs_id, time (datetime64), site,
-        latitude, longitude, height (m above ground).  Everything is validated here, before
-        any file is written: an existing ``path`` without ``overwrite`` raises InputError.
+        latitude, longitude, height (m above ground).  ``boundary_height`` (m, increasing):
+        give it to store boundary sensitivities, which every ``append`` must then carry.
+        Everything is validated here, before any file is written: an existing ``path``
+        without ``overwrite`` raises InputError.
         """
-        return StoreWriter(Path(path), grid, time_axis, obs, overwrite=overwrite)
+        return StoreWriter(Path(path), grid, time_axis, obs, overwrite=overwrite, boundary_height=boundary_height)
 
 
 class StoreWriter:
@@ -275,9 +345,17 @@ class StoreWriter:
     only when the context exits without error after all n_obs rows were appended; on any
     error the temporary file is removed and ``path`` is untouched."""
 
-    def __init__(self, path: Path, grid: Grid, time_axis: TimeAxis, obs: Mapping | xr.Dataset, *, overwrite: bool):
+    def __init__(
+        self, path: Path, grid: Grid, time_axis: TimeAxis, obs: Mapping | xr.Dataset, *, overwrite: bool, boundary_height=None
+    ):
         if not overwrite:
             _refuse_existing(path)
+        if boundary_height is not None:
+            boundary_height = np.asarray(boundary_height, dtype=np.float64)
+            if boundary_height.ndim != 1 or boundary_height.size == 0 or not np.all(np.isfinite(boundary_height)) \
+                    or np.any(np.diff(boundary_height) <= 0):
+                raise ValueError(f"boundary_height must be a non-empty, finite, increasing vector, got {boundary_height!r}")
+        self.boundary_height = boundary_height
         self.path = path
         self.grid = grid
         self.time_axis = time_axis
@@ -320,13 +398,24 @@ class StoreWriter:
                 ds.attrs["units"] = _OBS_UNITS[name]
         for name, dtype in (("footprint/indices", self._index_dtype), ("footprint/data", np.float32)):
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_CHUNK,), **_COMPRESSION)
+        if self.boundary_height is not None:
+            f.create_dataset("boundary/height", data=self.boundary_height).attrs["units"] = "m"
+            for edge in BOUNDARY_EDGES:
+                cells = (self.boundary_height.size, _edge_length(edge, self.grid))
+                rows_per_chunk = max(1, _CHUNK // (cells[0] * cells[1]))
+                ds = f.create_dataset(f"boundary/{edge}", shape=(self.n_obs, *cells), maxshape=(None, *cells), dtype=np.float32,
+                                      chunks=(rows_per_chunk, *cells), **_COMPRESSION)
+                ds.attrs["units"] = "1"
         return self
 
-    def append(self, rows) -> None:
+    def append(self, rows, boundary: Mapping | None = None) -> None:
         """Append the next rows (any scipy sparse matrix with n_columns columns), in order.
 
         Values are stored as float32 with sorted, summed-duplicate column indices; NaN/inf,
-        negative values or too many rows raise before anything is written.
+        negative values or too many rows raise before anything is written.  ``boundary``
+        (required exactly when the store was created with ``boundary_height``): the rows'
+        edge fractions ``{"n"|"s": (rows, n_height, nlon), "e"|"w": (rows, n_height, nlat)}``
+        in [0, 1].
         """
         if self._file is None:
             raise RuntimeError("use the StoreWriter as a context manager: with FootprintStore.create(...) as w: w.append(rows)")
@@ -338,6 +427,13 @@ class StoreWriter:
         rows.sum_duplicates()  # canonical CSR: sorted indices, no duplicates
         ids = self.obs["obs_id"][self._rows : self._rows + rows.shape[0]]
         _check_rows(rows.data, rows.indices, rows.indptr, self.n_columns, ids, self.path)
+        if (boundary is None) != (self.boundary_height is None):
+            raise ValueError("boundary sensitivities are all-or-nothing: pass boundary= to every append exactly when the "
+                             "store was created with boundary_height")
+        if boundary is not None:
+            boundary = _check_boundary(boundary, rows.shape[0], self.boundary_height.size, self.grid, ids, self.path)
+            for edge, values in boundary.items():
+                self._file[f"boundary/{edge}"][self._rows : self._rows + rows.shape[0]] = values
         for name, values in (("footprint/indices", rows.indices.astype(self._index_dtype)), ("footprint/data", rows.data)):
             ds = self._file[name]
             ds.resize((ds.shape[0] + values.size,))

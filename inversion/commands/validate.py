@@ -44,7 +44,8 @@ def main(args, comm) -> int:
     console.print(f"  grid {store.grid.describe()}; flux steps {store.time_axis.size}; footprint non-zeros {store.nnz:,}")
     console.print(f"  observations {inputs.obs.sizes['obs']:,} at {len(set(inputs.obs['site'].values.tolist()))} sites; "
                   f"state {state.size:,} = {state.n_sector} sectors × {state.n_period} periods × "
-                  f"{state.n_region} regions + {len(state.sites)} offsets")
+                  f"{state.n_region} regions + {len(state.sites)} offsets"
+                  + "".join(f" + {e.size} {e.name.replace('_', ' ')}" for e in state.extras))
     rates = measure_rates()
     est = estimates(state.size, inputs.obs.sizes["obs"], store.nnz, state.n_sector, comm.size,
                     config.solver.max_iterations, rates, read_seconds)

@@ -62,7 +62,7 @@ def test_incompatible_dimensions_say_expected_and_found():
     assert "expected units compatible with 'mol m-2 s-1'" in message and "found 'kg m-2 s-1'" in message
 
 
-@pytest.mark.parametrize("text", ["bananas", "gC m-2 d-1", "m.s-1", "(mol m-2", "mol)", "", "   ", "^2", "m2 $"])
+@pytest.mark.parametrize("text", ["bananas", "gCm-2 d-1", "m.s-1", "(mol m-2", "mol)", "", "   ", "^2", "m2 $"])
 def test_unknown_units_name_file_variable_and_examples(text):
     with pytest.raises(InputError) as info:
         parse_units(text, path="/data/foot.nc", variable="foot")
