@@ -1,13 +1,28 @@
 """Linear aggregates of the state: region totals per period and over the whole run.
 
 A total is affine in the state: T = c + aᵀx (mol s⁻¹, the mean net flux of all sectors over
-the region and period), where c is the fixed-sector contribution and
+the region and period), so its prior and posterior mean and covariance follow exactly from
+those of x: mean c + A x, covariance A P Aᵀ.  With Φ_s[p, c] = Σ_{t∈p} φ_s(t, c) Δt / T_p the
+period-mean prior flux of sector s in cell c (mol m⁻² s⁻¹), F its sum over the fixed sectors,
+A_c the cell area and o_Rr(c) the fraction of cell c lying both in report region R and in
+state region r, the total of report region R with mask m_R is
 
-    a[s, p', r'] = δ_rr' δ_pp' Σ_{t∈p} Σ_cells m_r φ_s Δt · area / T_p      (mol s⁻¹)
+    a[s, p', r] = δ_pp' Σ_c o_Rr(c) A_c Φ_s[p, c]
+    c[R, p]     = Σ_c m_R A_c F[p, c] + Σ_s Σ_c (m_R − Σ_r o_Rr)(c) A_c Φ_s[p, c]
 
-so its prior and posterior mean and covariance follow exactly from those of x:
-mean c + A x, covariance A P Aᵀ.  The whole-run total is the duration-weighted mean of the
-period totals; the row ``ALL`` sums all regions (the region-covered part of the domain).
+(the last term: optimised flux of R's share of a cell that no state region covers, which
+keeps its prior).  A mask gives no sub-cell geometry, so o has two cases:
+
+* report regions = the state regions (the default, or a report mask with the same names and
+  fractions): o_Rr = δ_Rr m_r, the flux of region r's share of a cell is scaled by x_r only —
+  exact also in cells shared by several regions;
+* other report regions (``[report] regions``, e.g. provinces over grid-cell clusters):
+  o_Rr = m_R m_r, i.e. T_R = Σ_c m_R A_c f̄(x)[p, c] with f̄ the period-mean gridded flux.
+  Exact when each cell's flux is uniform within the cell — always the case where no cell is
+  shared by two state regions (whole-cell clusters).
+
+The whole-run total is the duration-weighted mean of the period totals; the row ``ALL`` sums
+all report regions (the region-covered part of the domain).
 """
 
 from __future__ import annotations
@@ -15,9 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from transport.units import MOLAR_MASS_KG_PER_MOL, conversion_factor
 
+from .regions import Regions
 from .state import StateSpace
 
 DOMAIN = "ALL"
@@ -43,40 +60,60 @@ class Aggregates:
         return np.flatnonzero(self.period == WHOLE_RUN)
 
 
-def region_totals(state: StateSpace) -> Aggregates:
-    """Totals of every region and of ``ALL``, for each period and for the whole run."""
-    grid_area = state.regions.grid.cell_area()
-    weights = state.regions.fraction * grid_area  # (n_region, nlat, nlon) m²
+def region_totals(state: StateSpace, report: Regions | None = None) -> Aggregates:
+    """Totals of every report region (default: the state regions) and of ``ALL``, for each
+    period and for the whole run.  ``report`` must be on the state's grid."""
+    grid = state.regions.grid
+    if report is not None and not report.grid.same_as(grid):
+        raise ValueError("report regions must be on the state's grid")
+    if report is not None and report.names == state.regions.names and np.array_equal(report.fraction,
+                                                                                      state.regions.fraction):
+        report = None  # the state regions themselves: exact overlap
+    area = grid.cell_area().ravel()
+    m_state = sp.csr_matrix(state.regions.fraction.reshape(state.n_region, -1))
+    m_report = m_state if report is None else sp.csr_matrix(report.fraction.reshape(report.size, -1))
+    names = list(state.regions.names if report is None else report.names)
+    n_rep = len(names)
     dt = state.flux_time.duration_s
     pos = state.period_of_step
     inside = pos >= 0
-    tp = state.period_seconds
+    # Averaging over the flux steps of each period: (n_period × nt), weights Δt / T_p.
+    average = sp.csr_matrix((dt[inside] / state.period_seconds[pos[inside]], (pos[inside], np.flatnonzero(inside))),
+                            shape=(state.n_period, state.flux_time.size))
 
-    def per_period(field: np.ndarray) -> np.ndarray:
-        """Σ_t∈p Σ_cells m_r field Δt area / T_p → (n_period, n_region), for field (t, lat, lon)."""
-        spatial = np.einsum("tij,rij->tr", field, weights)  # mol s⁻¹ per step
-        out = np.zeros((state.n_period, state.n_region))
-        np.add.at(out, pos[inside], spatial[inside] * dt[inside, None])
-        return out / tp[:, None]
+    def period_mean(name: str) -> np.ndarray:
+        return average @ state.prior.sectors[name].reshape(state.flux_time.size, -1)  # (n_period, ncell)
 
-    a = np.zeros((state.n_period, state.n_region, state.size))
+    weight = m_report.multiply(area[None, :]).tocsr()  # m_R A_c, m²
+    if report is None:
+        uncovered = None
+    else:
+        coverage = np.asarray(m_state.sum(axis=0)).ravel()
+        uncovered = weight.multiply((1.0 - coverage)[None, :]).tocsr()  # (m_R − Σ_r m_R m_r) A_c
+    a = np.zeros((state.n_period, n_rep, state.size))
+    fixed = np.zeros((state.n_period, n_rep))
+    regions = np.arange(state.n_region)
     for s, name in enumerate(state.sectors):
-        w = per_period(state.prior.sectors[name])
+        phi = period_mean(name)
         for p in range(state.n_period):
-            for r in range(state.n_region):
-                a[p, r, state.flux_index(s, p, r)] = w[p, r]
-    fixed = np.zeros((state.n_period, state.n_region))
+            if report is None:  # o_Rr = δ_Rr m_r
+                w = np.diag(weight @ phi[p])
+            else:  # o_Rr = m_R m_r
+                w = (weight.multiply(phi[p][None, :]) @ m_state.T).toarray()
+                fixed[p] += uncovered @ phi[p]
+            a[p][:, state.flux_index(s, p, regions)] = w
     for name in state.fixed_sectors:
-        fixed += per_period(state.prior.sectors[name])
+        fixed += (weight @ period_mean(name).T).T
 
     # Append the domain row (sum over regions) and the whole-run column (duration-weighted).
     a = np.concatenate([a, a.sum(axis=1, keepdims=True)], axis=1)
     fixed = np.concatenate([fixed, fixed.sum(axis=1, keepdims=True)], axis=1)
+    tp = state.period_seconds
     frac = tp / tp.sum()
     a = np.concatenate([a, np.einsum("p,prn->rn", frac, a)[None]], axis=0)
     fixed = np.concatenate([fixed, (frac @ fixed)[None]], axis=0)
 
-    names = list(state.regions.names) + [DOMAIN]
+    names = names + [DOMAIN]
     n_p = state.n_period + 1
     period = np.tile(np.append(np.arange(state.n_period), WHOLE_RUN), len(names))
     start = np.append(state.periods.start, state.periods.start[0])

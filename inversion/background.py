@@ -46,8 +46,8 @@ from transport.errors import InputError
 from transport.grid import Grid, TimeAxis
 from transport.units import MOLE_FRACTION_UNITS, conversion_factor
 
-from .io import check_same_grid, open_netcdf
-from .obs_formats import read_csv_table
+from .io import open_netcdf
+from .obs_formats import check_times, read_csv_table
 from .progress import Progress, log
 from .state import StateExtra
 
@@ -110,6 +110,19 @@ def _curtain_file(path: Path, units_if_missing: str | None) -> tuple[np.ndarray,
     return times, height, vmr, ds
 
 
+def _check_edges(ds: xr.Dataset, path: Path, grid: Grid, grid_source: str) -> None:
+    """The curtains' lon (N, S edges) and lat (E, W edges) must be the grid's cell centres,
+    within 0.1 % of a cell (files store float32 coordinates, ~1e-6° off the float64 grid)."""
+    for name, centres, bounds in (("lat", grid.lat, grid.lat_bounds), ("lon", grid.lon, grid.lon_bounds)):
+        values = np.asarray(ds[name].values, dtype=np.float64)
+        tolerance = 1e-3 * float(np.diff(bounds, axis=1).min())
+        if values.shape != centres.shape or not np.allclose(values, centres, rtol=0.0, atol=tolerance):
+            found = f"{values.size} values {values.min():.4f}…{values.max():.4f}" if values.size else "empty"
+            raise InputError(path, name, f"curtain {name} ({found}) differs from the footprint grid of {grid_source} "
+                             f"({centres.size} cells {centres[0]:.4f}…{centres[-1]:.4f})",
+                             "give curtains on the footprints' domain edges (the same lat/lon cells)")
+
+
 def read_curtains(paths: list[Path], grid: Grid, *, units_if_missing: str | None = None,
                   grid_source: str = "the footprint store") -> Curtains:
     """Read and concatenate curtain files along time (sorted; a duplicated time is refused).
@@ -119,7 +132,7 @@ def read_curtains(paths: list[Path], grid: Grid, *, units_if_missing: str | None
     times, heights, parts = [], None, {e: [] for e in EDGES}
     for path in paths:
         t, h, vmr, ds = _curtain_file(Path(path), units_if_missing)
-        check_same_grid(ds, Path(path), grid, "boundary curtain", grid_source)
+        _check_edges(ds, Path(path), grid, grid_source)
         if heights is None:
             heights = h
         elif h.shape != heights.shape or not np.allclose(h, heights, rtol=_HEIGHT_RTOL):
@@ -218,15 +231,16 @@ def store_edge_contributions(store, rows: np.ndarray, times: np.ndarray, curtain
     weights = time_weights(curtains.time, times, mapping, ", ".join(curtains.paths))
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
     out = np.zeros((rows.size, len(EDGES)))
     position = 0
     progress = Progress(comm, "background from curtains", rows.size) if comm is not None else None
     with progress or contextlib.nullcontext():
         while position < rows.size:
-            first = rows[order[position]]
-            stop = np.searchsorted(rows[order], first + block, side="left")
+            first = ordered[position]
+            stop = np.searchsorted(ordered, first + block, side="left")
             chunk = order[position:stop]
-            fractions = store.read_boundary(int(first), int(rows[chunk].max()) + 1)
+            fractions = store.read_boundary(int(first), int(ordered[stop - 1]) + 1)
             local = {e: fractions[e][rows[chunk] - first] for e in EDGES}
             out[chunk] = edge_contributions(local, weights[chunk], curtains)
             position = stop
@@ -304,8 +318,6 @@ def _series_from_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def read_background_series(paths: list[Path]) -> BackgroundSeries:
     """Read background series files (CSV or NetCDF, see the module docstring): times strictly
     increasing per site, no missing value, each site in one file only."""
-    from .obs_formats import check_times
-
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for path in map(Path, paths):
         part = _series_from_csv(path) if path.suffix.lower() == ".csv" else _series_from_netcdf(path)

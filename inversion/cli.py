@@ -12,9 +12,9 @@ import os
 import sys
 
 from . import __version__
-from .commands import EXIT_BAD_INPUT, demo, footprints, osse, run, tune, validate
+from .commands import EXIT_BAD_INPUT, demo, footprints, osse, regions, run, tune, validate
 
-COMMAND_MODULES = (run, validate, demo, tune, osse, footprints)
+COMMAND_MODULES = (run, validate, demo, tune, osse, footprints, regions)
 
 
 def _parser() -> argparse.ArgumentParser:

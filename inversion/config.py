@@ -405,10 +405,6 @@ class CovarianceConfig(_Section):
                 raise ValueError(f"sector_sigma.{sector} must be a finite number > 0")
         return v
 
-    def sigma_of(self, sector: str) -> float:
-        """Prior σ of the scaling factors of ``sector``."""
-        return self.sector_sigma.get(sector, self.sigma)
-
     @field_validator("correlation_length")
     @classmethod
     def _length(cls, v: str) -> str:
@@ -455,9 +451,12 @@ class SolverConfig(_Section):
 
 
 class ReportConfig(_Section):
-    """Optional truth (twin experiments) printed and written beside the posterior."""
+    """Optional truth (twin experiments) printed and written beside the posterior, and the
+    regions whose totals are reported when they differ from the state regions (e.g. state =
+    grid-cell clusters, report = provinces)."""
 
     truth: Path | None = None
+    regions: Path | None = None
 
 
 HYPER_KINDS = ("sigma", "correlation_length", "correlation_time", "mismatch")
@@ -663,6 +662,8 @@ class Config(_Section):
                 paths[f"background.{name}[{i}]"] = path
         if self.report.truth is not None:
             paths["report.truth"] = self.report.truth
+        if self.report.regions is not None:
+            paths["report.regions"] = self.report.regions
         return paths
 
 
@@ -673,6 +674,7 @@ _PATH_KEYS = {
     ("prior", "file"),
     ("state", "regions"),
     ("report", "truth"),
+    ("report", "regions"),
 }
 _PATH_LIST_KEYS = {("background", "curtains"), ("background", "series")}  # lists of paths
 _SOURCE_TABLES = ("observations", "sources")  # array of tables, each with a path under "file"

@@ -205,7 +205,7 @@ def plan_hyperparameters(config: Config, state: StateSpace, site_counts: Mapping
     for kind, target in items:
         if kind == "sigma":
             for s in (state.sectors if target is None else (target,)):
-                params.append(Hyperparameter(f"sigma:{s}", kind, s, *start(kind, cov.sigma_of(s), f"sigma:{s}")))
+                params.append(Hyperparameter(f"sigma:{s}", kind, s, *start(kind, config.prior.sigma_of(s, cov), f"sigma:{s}")))
         elif kind == "correlation_length":
             params.append(Hyperparameter(kind, kind, None, *start(kind, cov.length_km, kind)))
         elif kind == "correlation_time":
@@ -226,7 +226,7 @@ def plan_hyperparameters(config: Config, state: StateSpace, site_counts: Mapping
                 raise InputError(source, f"hyper.bounds.{kind}", f"the upper bound {getattr(hyper.bounds, kind)[1]!r} "
                                  f"makes the prior correlation matrix singular on this state ({exc})",
                                  "lower the upper bound") from None
-    return Plan(parameters=tuple(params), groups=groups, sigma={s: cov.sigma_of(s) for s in state.sectors},
+    return Plan(parameters=tuple(params), groups=groups, sigma={s: config.prior.sigma_of(s, cov) for s in state.sectors},
                 length_km=cov.length_km, time_days=cov.time_days, species=config.run.species)
 
 
@@ -277,6 +277,7 @@ class Evaluation:
     chi2: float
     site_chi2: np.ndarray   # Σ_{i∈site} α_i d_i, sites in Likelihood.sites order
     solves_converged: bool = True
+    quadrature_change: float = 0.0  # stochastic: change of −log L from 3k/4 to k Lanczos nodes
 
 
 class Likelihood:
@@ -404,8 +405,8 @@ class Likelihood:
 
     def _stochastic(self, B, r, derivs) -> Evaluation:
         comm = self.comm
-        marginal = MatrixFreeMarginal(with_errors(self.problem, B=B, R=Diagonal(r, name="R")), tol=self.tol,
-                                      max_iter=self.max_iter)
+        R = Diagonal(r, name="R (this rank's observations)", allow_empty=True)
+        marginal = MatrixFreeMarginal(with_errors(self.problem, B=B, R=R), tol=self.tol, max_iter=self.max_iter)
         solved = marginal.solve(np.column_stack([self.d, self.obs_probes]))
         alpha, SZ = solved[:, 0], solved[:, 1:]
         chi2 = comm.allreduce_scalar(float(self.d @ alpha))
@@ -419,7 +420,8 @@ class Likelihood:
             grad[j] = 0.5 * (traces.value[j] - quad)
         return Evaluation(value=0.5 * (float(logdet.value) + chi2 + self._constant()), gradient=grad,
                           value_stderr=0.5 * float(logdet.stderr), gradient_stderr=0.5 * np.asarray(traces.stderr),
-                          chi2=chi2, site_chi2=self._site_chi2(alpha), solves_converged=marginal.converged)
+                          chi2=chi2, site_chi2=self._site_chi2(alpha), solves_converged=marginal.converged,
+                          quadrature_change=0.5 * logdet.quadrature_change)
 
 
 # ---- the search ----------------------------------------------------------------------------
@@ -483,7 +485,8 @@ class TuneResult:
             "evaluations": self.evaluations,
             "hessian_positive_definite": self.hessian_positive_definite,
             "neg_log_likelihood": {"initial": self.initial.value, "final": self.final.value,
-                                   "final_stderr": self.final.value_stderr},
+                                   "final_stderr": self.final.value_stderr,
+                                   "final_quadrature_change": self.final.quadrature_change},
             "gradient": dict(zip(self.plan.names, self.final.gradient.tolist())),
             "gradient_stderr": dict(zip(self.plan.names, self.final.gradient_stderr.tolist())),
             "parameters": self.parameter_rows(),
@@ -556,6 +559,10 @@ def optimise(lik: Likelihood, hyper: HyperConfig) -> TuneResult:
         converged = True
         notes.append("the line search stopped where every free gradient component is within 3 standard errors of "
                      "zero: converged to the precision of the stochastic estimate")
+    if abs(final.quadrature_change) > max(final.value_stderr, 1e-12) and lik.method == "stochastic":
+        notes.append(f"the Lanczos quadrature changed −log L by {final.quadrature_change:.3g} between 3/4 and all of "
+                     f"its {lik.steps} steps (more than the standard error {final.value_stderr:.3g}): raise "
+                     "hyper.lanczos_steps")
     if not final.solves_converged:
         notes.append("some CG solves did not reach solver.tolerance: raise solver.max_iterations")
     at_bound = (phi <= lo + 1e-6) | (phi >= hi - 1e-6)

@@ -15,7 +15,9 @@ and R only (B = L Lᵀ, G = Lᵀ Hᵀ R⁻¹ H L):
   polynomials of degree 2k − 1; CG-Lanczos of :mod:`inversion.krylov` supplies the
   tridiagonal).  The mean over p probes estimates the trace; its **standard error** is the
   sample standard deviation / √p (so 4× the probes halve it).  The quadrature error with k
-  steps is separate and small once k exceeds a few times √cond(I + G).
+  steps is separate (a bias the standard error does not show); it is small once k exceeds a
+  few times √cond(I + G), and the change of the estimate from 3k/4 to k nodes is reported as
+  its indicator (``Estimate.quadrature_change``; raise k when it exceeds the standard error).
 * **gradient** (Hutchinson): tr(S⁻¹ ∂S) = E[(S⁻¹z)ᵀ ∂S z] for Rademacher z in observation
   space, with ∂S = H ∂B Hᵀ + ∂R, so per probe (Hᵀ S⁻¹ z)ᵀ ∂B (Hᵀ z) + Σ_i (S⁻¹z)_i ∂R_ii z_i.
   S⁻¹ is applied by the Woodbury identity S⁻¹ D = R⁻¹(D − H L (I + G)⁻¹ Lᵀ Hᵀ R⁻¹ D) with one
@@ -30,11 +32,11 @@ do not depend on the number of ranks.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .krylov import block_cg, cg_lanczos
+from .krylov import CGResult, block_cg, cg_lanczos
 from .problem import Problem
 from .solvers import _hessian
 
@@ -46,19 +48,23 @@ _LANCZOS_TOL = 1e-12
 @dataclass(frozen=True)
 class Estimate:
     """Monte Carlo estimate: ``value`` = mean of ``samples`` over probes (axis 0),
-    ``stderr`` = sample standard deviation / √probes."""
+    ``stderr`` = sample standard deviation / √probes (itself uncertain with few probes: use
+    ≥ 30 for a standard error to trust).  ``quadrature_change`` (Lanczos quadrature only): the
+    mean change of the estimate between 3k/4 and k quadrature nodes, an indicator of the
+    quadrature (bias) error that the standard error does not contain."""
 
     value: np.ndarray | float
     stderr: np.ndarray | float
     samples: np.ndarray
+    quadrature_change: float = 0.0
 
     @classmethod
-    def from_samples(cls, samples: np.ndarray) -> "Estimate":
+    def from_samples(cls, samples: np.ndarray, quadrature_change: float = 0.0) -> "Estimate":
         samples = np.asarray(samples, dtype=np.float64)
         p = samples.shape[0]
         if p < 2:
             raise ValueError("a standard error needs at least 2 probes")
-        return cls(samples.mean(axis=0), samples.std(axis=0, ddof=1) / np.sqrt(p), samples)
+        return cls(samples.mean(axis=0), samples.std(axis=0, ddof=1) / np.sqrt(p), samples, quadrature_change)
 
 
 def rademacher(rng: np.random.Generator, n: int, p: int) -> np.ndarray:
@@ -75,18 +81,25 @@ def observation_probes(seed: np.random.SeedSequence, n_obs: int, p: int, obs_ran
     return np.column_stack([rademacher(np.random.default_rng(s), n_obs, 1)[start:stop, 0] for s in streams])
 
 
+def _quadrature(res: CGResult, k: int, z: np.ndarray) -> float:
+    """‖z‖² Σ_j τ_j² log θ_j from the first k Lanczos steps of ``res`` (started at z/‖z‖)."""
+    ritz = CGResult(replace(res.state, iteration=k), res.reason).ritz()
+    norm2 = float(z @ z)
+    tau = ritz.vectors.T @ (z / np.sqrt(norm2))  # first components of T_k's eigenvectors
+    return norm2 * float(np.sum(tau**2 * np.log(ritz.values)))
+
+
 def slq_logdet(apply: Callable[[np.ndarray], np.ndarray], probes: np.ndarray, *, steps: int) -> Estimate:
     """log det A of a symmetric positive definite A (known by ``apply(v) = A v``) by
     stochastic Lanczos quadrature with ``steps`` Lanczos steps per probe column of ``probes``
-    (n, p); see the module docstring."""
-    samples = []
+    (n, p); see the module docstring.  Also reports the change from 3k/4 to k nodes."""
+    samples, change = [], []
     for z in np.asarray(probes, dtype=np.float64).T:
-        norm2 = float(z @ z)
         res = cg_lanczos(apply, z, tol=_LANCZOS_TOL, max_iter=steps, reorthogonalize=True)
-        ritz = res.ritz()
-        tau = ritz.vectors.T @ (z / np.sqrt(norm2))  # first components of T's eigenvectors
-        samples.append(norm2 * float(np.sum(tau**2 * np.log(ritz.values))))
-    return Estimate.from_samples(np.array(samples))
+        k = res.iterations
+        samples.append(_quadrature(res, k, z))
+        change.append(samples[-1] - _quadrature(res, max(1, k - max(1, k // 4)), z))
+    return Estimate.from_samples(np.array(samples), float(np.mean(change)))
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,7 @@ class MatrixFreeMarginal:
         replicated state-space ``probes`` (n_state, p)."""
         log_r = self.problem.comm.allreduce_scalar(float(np.sum(np.log(self.r))))
         est = slq_logdet(self.apply, probes, steps=steps)
-        return Estimate(est.value + log_r, est.stderr, est.samples + log_r)
+        return Estimate(est.value + log_r, est.stderr, est.samples + log_r, est.quadrature_change)
 
     def trace_inverse_derivatives(self, Z: np.ndarray, SZ: np.ndarray,
                                   derivatives: Sequence[Derivative]) -> Estimate:

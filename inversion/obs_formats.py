@@ -227,7 +227,7 @@ def read_openghg(path: Path, species: str, site: str | None = None) -> list[Obse
     ds = open_netcdf(path, "openghg observation")
     sp = species.lower()
     if sp not in ds.variables:
-        raise InputError(path, sp, f"variable of the run's species missing",
+        raise InputError(path, sp, "variable of the run's species missing",
                          f"openghg files hold the mole fraction in a variable named after the species; "
                          f"the file has: {', '.join(sorted(map(str, ds.variables)))}")
     _check_species(ds.attrs.get("species"), species, path, "attribute species")
@@ -237,7 +237,7 @@ def read_openghg(path: Path, species: str, site: str | None = None) -> list[Obse
     label = ds["time"].attrs.get("label")
     period = _attr_float(ds["time"].attrs, ("sampling_period_seconds",))
     if label == "left" and period is not None and period > 0:
-        time = time + np.timedelta64(int(round(period * 500)), "ms")
+        time = time + np.timedelta64(round(period * 500), "ms")
         notes.append(f"time labels the start of a {period:g} s sampling period: moved to its middle")
     elif label not in (None, "left"):
         raise InputError(path, "time", f"unsupported label {label!r}", "openghg files label the start of the sampling "

@@ -35,8 +35,18 @@ import xarray as xr
 from transport.errors import InputError
 from transport.units import MOLE_FRACTION_UNITS, conversion_factor
 
+from .background import (
+    EDGE_NAMES,
+    read_background_series,
+    read_curtains,
+    series_background,
+    store_edge_contributions,
+)
 from .config import ObservationsConfig
 from .io import open_netcdf, require_variables
+from .obs_formats import detect_format, read_series
+from .progress import log
+from .selection import select_observations
 
 REQUIRED = ["obs_id", "time", "site", "value", "uncertainty", "background"]
 _MOLE_FRACTION_VARS = ("value", "uncertainty", "background")
@@ -125,15 +135,10 @@ def _check_site_mismatch(cfg: ObservationsConfig, sites: np.ndarray, where) -> N
                          f"{', '.join(unknown)}", f"sites present: {', '.join(sorted(set(sites.tolist())))}")
 
 
-def load_observations(config, store) -> xr.Dataset:
+def load_observations(config, store, comm=None) -> xr.Dataset:
     """The run's observations on the footprint ``store`` (a :class:`transport.store.FootprintStore`),
-    from every configured source, with their background (see the module docstring)."""
-    from .background import EDGE_NAMES, read_background_series, read_curtains, series_background, \
-        store_edge_contributions
-    from .obs_formats import detect_format, read_series
-    from .progress import log
-    from .selection import select_observations
-
+    from every configured source, with their background (see the module docstring).  ``comm``
+    (optional) shows the progress of the background computation on its rank 0."""
     cfg, bg, run = config.observations, config.background, config.run
     sources = [(s, s.format if s.format != "auto" else detect_format(s.file, run.species)) for s in cfg.source_list()]
     paired = [s for s, fmt in sources if fmt == "tanhui"]
@@ -158,7 +163,7 @@ def load_observations(config, store) -> xr.Dataset:
         obs["sigma"] = ("obs", np.hypot(obs["measurement_sigma"].values, mismatch), {"units": MOLE_FRACTION_UNITS})
     if bg.method == "curtains":
         curtains = read_curtains(bg.curtains, store.grid, units_if_missing=bg.curtain_units, grid_source=str(store.path))
-        edges = store_edge_contributions(store, obs["row"].values, obs["time"].values, curtains, bg.mapping)
+        edges = store_edge_contributions(store, obs["row"].values, obs["time"].values, curtains, bg.mapping, comm)
         obs["background_edge"] = (("obs", "edge"), edges, {"units": MOLE_FRACTION_UNITS,
                                                           "long_name": "background entering through each domain edge"})
         obs = obs.assign_coords(edge=list(EDGE_NAMES))

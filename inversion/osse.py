@@ -114,7 +114,8 @@ def run_osse(problem: Problem, n: int, *, seed: int, comm=None, misspecify: Miss
     B_inv = B_true
     if misspecify.B != 1.0:
         cov = config.covariance
-        B_inv = with_flux_errors(problem, sigma={s: cov.sigma_of(s) * np.sqrt(misspecify.B) for s in problem.state.sectors},
+        B_inv = with_flux_errors(problem, sigma={s: config.prior.sigma_of(s, cov) * np.sqrt(misspecify.B)
+                                                   for s in problem.state.sectors},
                                  length_km=cov.length_km, time_days=cov.time_days)
     r_inv = r_true * misspecify.R
     H = problem.H

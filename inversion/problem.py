@@ -38,7 +38,7 @@ from .operators import ObservationOperator
 from .parallel import partition
 from .prior import read_prior
 from .progress import log
-from .regions import read_regions
+from .regions import Regions, read_regions
 from .state import StateSpace, state_periods
 
 
@@ -122,13 +122,6 @@ def with_flux_errors(problem: Problem, *, sigma: Mapping[str, float], length_km:
                          + list(problem.B.blocks[n:]), name="B")
 
 
-def observation_covariance(obs: xr.Dataset, mismatch: np.ndarray) -> Diagonal:
-    """R = diag(σ_meas² + mismatch²) for a model–data mismatch per observation (mol mol⁻¹),
-    combined in quadrature as :func:`inversion.observations.read_observations` does."""
-    return Diagonal(obs["measurement_sigma"].values ** 2 + np.asarray(mismatch, dtype=np.float64) ** 2,
-                    name="R (this rank's observations)", allow_empty=True)
-
-
 def with_errors(problem: Problem, *, B: Covariance | None = None, R: Diagonal | None = None) -> Problem:
     """The same problem (H, y, observations — nothing re-read) with other error covariances."""
     if B is not None and B.size != problem.B.size:
@@ -155,17 +148,19 @@ class Inputs:
     store: FootprintStore
     obs: xr.Dataset  # all observations, ordered by store row
     state: StateSpace
+    report_regions: Regions | None = None  # [report] regions, when they differ from the state regions
 
 
-def open_inputs(config: Config) -> Inputs:
-    """Open and validate every input except the footprint values (cheap, no rank split)."""
+def open_inputs(config: Config, comm=None) -> Inputs:
+    """Open and validate every input except the footprint values (cheap, no rank split).
+    ``comm`` only decides which rank shows progress (the background from boundary curtains)."""
     for key, path in config.input_paths().items():
         if not Path(path).is_file():
             raise InputError(path, None, f"input file of {key} not found", f"check {key} in {config.source}")
     store = FootprintStore(config.transport.footprints)
     _check_grid(config, store)
     grid_source = str(store.path)
-    obs = load_observations(config, store)
+    obs = load_observations(config, store, comm)
     prior = read_prior(config.prior, config.run.species, store.grid, store.time_axis, grid_source)
     regions = read_regions(config.state.regions, store.grid, grid_source)
     periods = state_periods(config.run.start, config.run.end, config.state.period_days, store.time_axis,
@@ -175,7 +170,9 @@ def open_inputs(config: Config) -> Inputs:
         if config.state.boundary_scaling else ()
     state = StateSpace(sectors=tuple(config.prior.optimised), regions=regions, periods=periods, sites=sites,
                        prior=prior, fixed_sectors=tuple(config.prior.fixed), extras=extras)
-    return Inputs(store=store, obs=obs, state=state)
+    report_regions = read_regions(config.report.regions, store.grid, grid_source) \
+        if config.report.regions is not None else None
+    return Inputs(store=store, obs=obs, state=state, report_regions=report_regions)
 
 
 def read_truth(config: Config, state: StateSpace) -> np.ndarray | None:
@@ -189,7 +186,7 @@ def read_truth(config: Config, state: StateSpace) -> np.ndarray | None:
 
 def build_problem(config: Config, comm, inputs: Inputs | None = None) -> Problem:
     """Wire H, B, R, x_b and y for this rank; ``inputs`` from :func:`open_inputs` if already opened."""
-    inputs = inputs or open_inputs(config)
+    inputs = inputs or open_inputs(config, comm)
     store, obs_all, state = inputs.store, inputs.obs, inputs.state
     B = prior_covariance(config, state)
     n_obs = obs_all.sizes["obs"]

@@ -2,7 +2,9 @@
 
 File format (NetCDF): ``region_fraction(region, lat, lon)`` in [0, 1] with a string
 coordinate ``region`` (names); per cell the fractions sum to at most 1 (the rest is not
-optimised).  Cells outside every region keep their prior flux.
+optimised).  Cells outside every region keep their prior flux.  Masks written by
+``tanhui regions build`` (:mod:`inversion.masks`) also carry ``region_code``, areas, cell
+bounds and provenance, which are not needed here.
 """
 
 from __future__ import annotations
@@ -49,7 +51,12 @@ class Regions:
 def read_regions(path: Path, grid: Grid, grid_source: str) -> Regions:
     ds = open_netcdf(path, "region mask")
     require_variables(ds, path, ["region_fraction"], "region mask")
-    check_same_grid(ds, path, grid, "region mask", grid_source)
+    try:
+        check_same_grid(ds, path, grid, "region mask", grid_source)
+    except InputError as exc:
+        raise InputError(path, exc.variable, exc.problem, f"remap it (exactly, conservatively) with `tanhui regions "
+                         f"build --like {grid_source} --source {path} --out NEW.nc`, or rebuild it from its "
+                         "polygons for this grid") from None
     var = ds["region_fraction"]
     if var.dims[0] != "region" or var.ndim != 3:
         raise InputError(path, "region_fraction", f"dimensions are {var.dims}", "expected (region, lat, lon)")

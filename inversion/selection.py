@@ -132,7 +132,7 @@ def _footprint_rows(series: ObservationSeries, store_obs: xr.Dataset, cfg: Obser
 
 def _windows(rows: np.ndarray, store_obs: xr.Dataset, cfg: ObservationsConfig, series: ObservationSeries):
     """Window starts and ends (datetime64[ms]) of ``rows``, sorted by start, and that order."""
-    width = np.timedelta64(int(round(cfg.averaging_window_s * 1000)), "ms")
+    width = np.timedelta64(round(cfg.averaging_window_s * 1000), "ms")
     shift = {"start": 0, "centre": -width // 2, "end": -width}[cfg.averaging_align]
     receptor = np.asarray(store_obs["time"].values).astype("datetime64[ms]")[rows]
     order = np.argsort(receptor, kind="stable")
@@ -149,7 +149,10 @@ def _windows(rows: np.ndarray, store_obs: xr.Dataset, cfg: ObservationsConfig, s
 
 
 def _window_statistics(value, uncertainty, window, n_windows, cfg: ObservationsConfig, series: ObservationSeries):
+    """Per window: sample count, mean and measurement σ (module docstring, step 4)."""
     n = np.bincount(window, minlength=n_windows).astype(np.float64)
+    if n_windows == 0:
+        return n, n.copy(), n.copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.bincount(window, value, n_windows) / n
         parts = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import xarray as xr
@@ -32,6 +33,7 @@ from .io import write_netcdf
 from .parallel import SerialComm
 from .problem import build_problem
 from .progress import log
+from .regions import read_regions
 
 TWIN_NAME = "twin.toml"
 
@@ -63,8 +65,14 @@ class TwinConfig(_Strict):
     measurement_uncertainty: str = "0.2 ppm"
     background: str = "420 ppm"
     region_blocks: tuple[int, int] = (4, 4)
+    # Take the state regions from the existing mask file at state.regions (e.g. provinces from
+    # `tanhui regions build`) instead of writing rectangular blocks there.
+    regions_from_file: bool = False
+    prior_pattern: Literal["diurnal", "seasonal"] = "diurnal"
+    land_mask: Path | None = None  # mask file (relative to the case); Σ fractions = land share of a cell
     gpp_max: float = 15.0  # µmol m-2 s-1 at noon for full vegetation
     respiration: float = 4.0  # µmol m-2 s-1 for full vegetation
+    fossil_diffuse: float = 0.3  # µmol m-2 s-1 spread over land, besides the cities
     sites: list[TwinSite]
     cities: list[TwinCity] = []
 
@@ -117,20 +125,69 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_cells:
     return (f - f.min()) / (f.max() - f.min())
 
 
-def _prior(twin: TwinConfig, grid: Grid, time: TimeAxis, rng: np.random.Generator) -> xr.Dataset:
-    """Biosphere NEE with a diurnal cycle (µmol m-2 s-1) and fossil city plumes (mol m-2 s-1)."""
-    veg = 0.2 + 0.8 * _smooth_field(rng, grid.shape, 3.0)
+def _prior(twin: TwinConfig, grid: Grid, time: TimeAxis, rng: np.random.Generator,
+           land: np.ndarray | None = None) -> xr.Dataset:
+    """Biosphere NEE (µmol m-2 s-1) and fossil emissions (mol m-2 s-1), both × the land share
+    (1 without a land mask): ``diurnal`` — a diurnal cycle at the step midpoints (for hourly to
+    3-hourly steps over a few weeks); ``seasonal`` — see :func:`_seasonal_prior`."""
+    land = np.ones(grid.shape) if land is None else land
+    if twin.prior_pattern == "seasonal":
+        return _seasonal_prior(twin, grid, time, rng, land)
+    veg = (0.2 + 0.8 * _smooth_field(rng, grid.shape, 3.0)) * land
     mid = time.start + (time.end - time.start) / 2
     utc_hours = (mid - mid.astype("datetime64[D]")) / np.timedelta64(1, "h")
     solar = (utc_hours[:, None] + grid.lon[None, :] / 15.0) % 24.0  # local solar time (t, lon)
     light = np.clip(np.sin(np.pi * (solar - 6.0) / 12.0), 0.0, None)
     nee = (twin.respiration - twin.gpp_max * light[:, None, :]) * veg[None, :, :]
+    fossil = np.broadcast_to(twin.fossil_diffuse * land + _cities(twin, grid), nee.shape) * 1e-6
+    return _prior_dataset(nee, fossil, grid, time)
+
+
+def _cities(twin: TwinConfig, grid: Grid) -> np.ndarray:
+    """Σ over cities of a Gaussian hot spot (σ = 40 km) of height ``peak`` (µmol m-2 s-1)."""
     lat, lon = np.meshgrid(grid.lat, grid.lon, indexing="ij")
     fossil = np.zeros(grid.shape)
     for city in twin.cities:
         d2 = ((lat - city.lat) * 111.0) ** 2 + ((lon - city.lon) * 111.0 * np.cos(np.radians(city.lat))) ** 2
         fossil += city.peak * np.exp(-d2 / (2 * 40.0**2))
-    fossil = np.broadcast_to(0.3 + fossil, nee.shape) * 1e-6
+    return fossil
+
+
+def _seasonal_prior(twin: TwinConfig, grid: Grid, time: TimeAxis, rng: np.random.Generator,
+                    land: np.ndarray) -> xr.Dataset:
+    """A year-round pattern for national cases, on any flux step (hours to days), all fluxes
+    × the land share of each cell:
+
+    * season s(t) = ½(1 + cos 2π(doy − 196)/365.25) (1 in mid-July), seasonality
+      w(φ) = clip((φ − 18°)/27°, 0, 1) (weak in the tropics, full in the north);
+    * GPP = gpp_max · light · veg · [(1 − w)(0.6 + 0.4 s) + w s^1.5], light = the step mean of
+      max(0, sin π(h_solar − 6)/12) (sub-sampled, so daily steps get the daily mean 1/π);
+    * respiration = respiration · veg · (0.35 + 0.65 [(1 − w) 0.8 + w s]);
+    * NEE = respiration − GPP (µmol m-2 s-1, positive upward);
+    * fossil = (fossil_diffuse · (0.2 + 0.8 pop) + cities) · (1 + 0.2 cos 2π(doy − 15)/365.25)
+      (winter heating), pop a smooth random field; cities as in the diurnal pattern.
+    """
+    veg = (0.2 + 0.8 * _smooth_field(rng, grid.shape, 3.0)) * land
+    pop = 0.2 + 0.8 * _smooth_field(rng, grid.shape, 4.0)
+    n_sub = max(2, int(np.ceil(2 * time.duration_s.max() / 3600.0)))  # at least two samples per hour
+    offsets = (np.arange(n_sub) + 0.5) / n_sub
+    sub = time.start[:, None] + (offsets[None, :] * (time.end - time.start)[:, None]).astype("timedelta64[s]")
+    utc_hours = (sub - sub.astype("datetime64[D]")) / np.timedelta64(1, "h")  # (t, n_sub)
+    solar = (utc_hours[:, :, None] + grid.lon[None, None, :] / 15.0) % 24.0
+    light = np.clip(np.sin(np.pi * (solar - 6.0) / 12.0), 0.0, None).mean(axis=1)  # (t, lon)
+    mid = time.start + (time.end - time.start) / 2
+    doy = (mid - mid.astype("datetime64[Y]")) / np.timedelta64(1, "D")
+    season = 0.5 * (1.0 + np.cos(2 * np.pi * (doy - 196.0) / 365.25))[:, None, None]
+    w = np.clip((grid.lat - 18.0) / 27.0, 0.0, 1.0)[None, :, None]
+    green = (1 - w) * (0.6 + 0.4 * season) + w * season**1.5
+    gpp = twin.gpp_max * light[:, None, :] * green * veg[None]
+    resp = twin.respiration * veg[None] * (0.35 + 0.65 * ((1 - w) * 0.8 + w * season))
+    heating = (1.0 + 0.2 * np.cos(2 * np.pi * (doy - 15.0) / 365.25))[:, None, None]
+    fossil = (twin.fossil_diffuse * pop * land + _cities(twin, grid))[None] * heating * 1e-6
+    return _prior_dataset(resp - gpp, fossil, grid, time)
+
+
+def _prior_dataset(nee: np.ndarray, fossil: np.ndarray, grid: Grid, time: TimeAxis) -> xr.Dataset:
     return xr.Dataset(
         {
             "bio": (("time", "lat", "lon"), nee, {"units": "umol m-2 s-1", "long_name": "net ecosystem exchange "
@@ -185,12 +242,21 @@ def make_twin_data(case: Path) -> dict[str, Path]:
              len(twin.sites), grid.describe(), time.size)
     for path in config.input_paths().values():
         path.parent.mkdir(parents=True, exist_ok=True)
+    if twin.regions_from_file and not Path(config.state.regions).is_file():
+        raise InputError(config.state.regions, None, "region mask not found (twin.toml: regions_from_file = true)",
+                         "build it first with `tanhui regions build --like CASE --source ... --out` this path "
+                         "(see the case's README)")
 
     K = plume_footprints(grid, time, receptors, rng=rng, back_hours=twin.back_hours)
     with FootprintStore.create(config.transport.footprints, grid, time, receptors, overwrite=True) as writer:
         writer.append(K)
-    write_netcdf(_prior(twin, grid, time, rng), config.prior.file)
-    write_netcdf(_regions(grid, twin.region_blocks), config.state.regions)
+    land = None
+    if twin.land_mask is not None:
+        land = np.clip(read_regions(case_dir / twin.land_mask, grid, "[grid] of the twin case").fraction.sum(axis=0),
+                       0.0, 1.0)
+    write_netcdf(_prior(twin, grid, time, rng, land), config.prior.file)
+    if not twin.regions_from_file:
+        write_netcdf(_regions(grid, twin.region_blocks), config.state.regions)
 
     # Observations need the forward model: write a placeholder (value = background), build the
     # problem with the inversion's own code, then write the real values.

@@ -75,15 +75,23 @@ FILES_PER_PART = 64
 BYTES_PER_PART = 256 << 20
 _LOST_TOLERANCE = 1e-9  # relative sensitivity below which nothing is considered lost
 _BLOCK_NNZ = 1 << 22  # merge block size (non-zeros)
+NO_BOUNDARY = "the file has no boundary sensitivities"
+IGNORED_BOUNDARY = "ignored (--boundary ignore)"
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def _is_netcdf(path: Path) -> bool:
+_DATA_SUFFIXES = {".nc", ".nc4", ".cdf", ".h5", ".hdf5"}
+
+
+def _is_manifest(path: Path) -> bool:
+    """A manifest is a text file: not NetCDF/HDF5 by name or by signature."""
+    if path.suffix.lower() in _DATA_SUFFIXES:
+        return False
     with open(path, "rb") as fh:
         head = fh.read(8)
-    return head.startswith(b"\x89HDF") or head[:3] == b"CDF"
+    return not (head.startswith(b"\x89HDF") or head[:3] == b"CDF")
 
 
 def read_manifest(path: str | os.PathLike) -> list[Path]:
@@ -102,12 +110,14 @@ def read_manifest(path: str | os.PathLike) -> list[Path]:
 
 def expand_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
     """Input files from manifests, NetCDF files or glob patterns, in the given order (globs
-    sorted), as absolute paths.  A pattern matching nothing or a repeated file is an error."""
+    sorted), as absolute paths.  An existing file is a manifest unless it is NetCDF/HDF5 by
+    suffix (.nc, .nc4, .cdf, .h5, .hdf5) or signature; a pattern matching nothing or a
+    repeated file is an error."""
     files: list[Path] = []
     for spec in specs:
         p = Path(spec)
         if p.is_file():
-            files.extend([p] if _is_netcdf(p) else read_manifest(p))
+            files.extend(read_manifest(p) if _is_manifest(p) else [p])
         else:
             matches = sorted(glob.glob(os.fspath(spec), recursive=True))
             if not matches:
@@ -316,9 +326,9 @@ class RecordMapper:
 
     def _boundary(self, record: FootprintRecord, regridders):
         if record.boundary is None:
-            return None, None, "the file has no boundary sensitivities"
+            return None, None, NO_BOUNDARY
         if self.options.boundary == "ignore":
-            return None, None, "ignored (--boundary ignore)"
+            return None, None, IGNORED_BOUNDARY
         if regridders is None:
             return dict(record.boundary), np.asarray(record.boundary_height, dtype=np.float64), None
         edge = regridders[1]
@@ -610,17 +620,20 @@ def merge_parts(out: str | os.PathLike, *, strict: bool = False, overwrite: bool
 
 
 def _boundary_decision(metas, stores, out: Path) -> bool:
-    """Whether the merged store carries boundary sensitivities (all-or-nothing)."""
+    """Whether the merged store carries boundary sensitivities (all-or-nothing): in ``auto``
+    mode a mix, or sensitivities that could not be mapped, is an error."""
     used = [(m, s) for m, s in zip(metas, stores) if s.n_obs > 0]
     with_b = sum(m["boundary"]["with"] for m, _ in used)
     total = sum(s.n_obs for _, s in used)
-    if metas[0]["options"]["boundary"] == "ignore" or with_b == 0:
-        if with_b == 0 and any(m["boundary"]["missing_reasons"].get("ignored (--boundary ignore)") for m, _ in used):
-            log.info("boundary sensitivities of %d records ignored (--boundary ignore)", total)
-        return False
     reasons = Counter()
     for m, _ in used:
         reasons.update(m["boundary"]["missing_reasons"])
+    if metas[0]["options"]["boundary"] == "ignore":
+        if reasons.get(IGNORED_BOUNDARY):
+            log.info("boundary sensitivities of %d records ignored (--boundary ignore)", reasons[IGNORED_BOUNDARY])
+        return False
+    if with_b == 0 and set(reasons) <= {NO_BOUNDARY}:
+        return False
     if with_b < total or not all(s.has_boundary for _, s in used):
         raise InputError(out, "boundary", f"{with_b} of {total} records carry usable boundary sensitivities "
                          f"({'; '.join(f'{n}: {r}' for r, n in reasons.most_common(3))})",

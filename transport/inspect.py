@@ -47,7 +47,7 @@ def total_sensitivity(store: FootprintStore) -> xr.Dataset:
     nt, (nlat, nlon) = store.time_axis.size, store.grid.shape
     column_sum = np.zeros(store.n_columns)
     for start, stop in store.iter_row_blocks():
-        column_sum += np.asarray(store.read_rows(start, stop).sum(axis=0), dtype=np.float64).ravel()
+        column_sum += np.asarray(store.read_rows(start, stop).astype(np.float64).sum(axis=0)).ravel()  # float64 sums
     total = column_sum.reshape(nt, nlat, nlon).sum(axis=0)
     grid = store.grid
     return xr.Dataset(

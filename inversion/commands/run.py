@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -41,12 +42,12 @@ def main(args, comm) -> int:
         config = config.model_copy(update={"solver": config.solver.model_copy(update={"method": args.solver})})
     out_dir = config.run.output_dir
     check_output_dir(out_dir, args.overwrite)
-    inputs = open_inputs(config)
+    inputs = open_inputs(config, comm)
     truth = read_truth(config, inputs.state)
     t_inputs = time.perf_counter()
     problem = build_problem(config, comm, inputs)
     t_build = time.perf_counter()
-    aggregates = region_totals(problem.state)
+    aggregates = region_totals(problem.state, inputs.report_regions)
     posterior = solve(problem, aggregates)
     t_solve = time.perf_counter()
     sites = site_statistics(problem, posterior)
@@ -56,6 +57,8 @@ def main(args, comm) -> int:
         diagnostics = {**posterior.diagnostics, "sites": sites, "tanhui_version": __version__,
                        "timings_s": {"validate_inputs": t_inputs - t0, "build_problem": t_build - t_inputs,
                                      "solve": t_solve - t_build}}
+        if "selection" in inputs.obs.attrs:  # raw observation files: what the selection did, per file
+            diagnostics["observation_selection"] = json.loads(inputs.obs.attrs["selection"])
         write_outputs(out_dir, problem, posterior, rows, diagnostics, truth, hashes)
         diagnostics["timings_s"]["total"] = time.perf_counter() - t0
         _print_summary(config, rows, posterior.diagnostics, truth is not None, report_unit(config.run.species)[0],

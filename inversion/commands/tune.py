@@ -51,7 +51,7 @@ def main(args, comm) -> int:
     result = tune(problem, plan)
     if comm.is_root:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json({"config": str(config.source), **result.to_dict()}, out_dir / OUTPUT_FILES[0])
+        write_json({"config": str(config.source), "ranks": comm.size, **result.to_dict()}, out_dir / OUTPUT_FILES[0])
         write_text(settings_toml(result), out_dir / OUTPUT_FILES[1])
         _print_summary(result)
     comm.barrier()

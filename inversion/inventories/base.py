@@ -23,9 +23,9 @@ step's month.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import xarray as xr
@@ -74,14 +74,10 @@ def grid_from_coordinates(path: Path, lat: np.ndarray, lon: np.ndarray, lat_boun
         raise InputError(path, "lon", "longitudes are not strictly increasing",
                          "store the grid west to east (0–360° or −180–180° are both accepted)")
     try:
-        if lat_bounds is None or lon_bounds is None:
-            grid = Grid.from_centres(lat, lon)
-            if lat_bounds is not None or lon_bounds is not None:
-                grid = Grid(lat=lat, lon=lon,
-                            lat_bounds=grid.lat_bounds if lat_bounds is None else np.sort(lat_bounds, axis=1),
-                            lon_bounds=grid.lon_bounds if lon_bounds is None else np.sort(lon_bounds, axis=1))
-        else:
-            grid = Grid(lat=lat, lon=lon, lat_bounds=np.sort(lat_bounds, axis=1), lon_bounds=np.sort(lon_bounds, axis=1))
+        inferred = Grid.from_centres(lat, lon) if lat_bounds is None or lon_bounds is None else None
+        grid = Grid(lat=lat, lon=lon,
+                    lat_bounds=inferred.lat_bounds if lat_bounds is None else np.sort(lat_bounds, axis=1),
+                    lon_bounds=inferred.lon_bounds if lon_bounds is None else np.sort(lon_bounds, axis=1))
     except ValueError as exc:
         raise InputError(path, "lat/lon", f"not a rectilinear latitude/longitude grid ({exc})",
                          "give 1-D lat/lon cell centres (and bounds); projected grids must be regridded first") from exc
@@ -89,10 +85,6 @@ def grid_from_coordinates(path: Path, lat: np.ndarray, lon: np.ndarray, lat_boun
 
 
 # ---- time -----------------------------------------------------------------------------------
-
-def _month_start(t: np.datetime64) -> np.datetime64:
-    return t.astype("datetime64[M]").astype("datetime64[s]")
-
 
 def calendar_steps(starts: np.ndarray, unit: str) -> TimeAxis:
     """Calendar months (unit "M") or years ("Y") starting at ``starts``."""
@@ -165,7 +157,7 @@ def steps_from_stamps(stamps: np.ndarray, *, stamp: str, time_step: str, path: P
             raise InputError(path, "time", f"two stamps of {variable} fall in the same calendar {time_step}",
                              "check time_step and time_stamp of this sector")
         return calendar_steps(period, unit)
-    step = np.timedelta64(int(round(parse_quantity(time_step, "s", path=path, variable="time_step"))), "s")
+    step = np.timedelta64(round(parse_quantity(time_step, "s", path=path, variable="time_step")), "s")
     return _regular(stamps, step, stamp)
 
 

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING
 from transport.errors import InputError
 
 from ..progress import log
-from .base import Inventory, calendar_steps, netcdf_inventory, open_dataset, year_in_name
+from .base import (
+    Inventory,
+    calendar_steps,
+    netcdf_inventory,
+    open_dataset,
+    year_in_name,
+)
 
 if TYPE_CHECKING:
     from ..config import SectorConfig

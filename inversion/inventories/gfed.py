@@ -25,8 +25,15 @@ import numpy as np
 
 from transport.errors import InputError
 
-from .base import (Inventory, flux_factor, grid_from_coordinates, months_of_year, oriented, resolve_units,
-                   year_in_name)
+from .base import (
+    Inventory,
+    flux_factor,
+    grid_from_coordinates,
+    months_of_year,
+    oriented,
+    resolve_units,
+    year_in_name,
+)
 
 if TYPE_CHECKING:
     from ..config import SectorConfig

@@ -23,7 +23,14 @@ import numpy as np
 
 from transport.errors import InputError
 
-from .base import Inventory, months_of_year, netcdf_inventory, open_dataset, require_variable, year_in_name
+from .base import (
+    Inventory,
+    months_of_year,
+    netcdf_inventory,
+    open_dataset,
+    require_variable,
+    year_in_name,
+)
 
 if TYPE_CHECKING:
     from ..config import SectorConfig

@@ -7,7 +7,9 @@ axis, :func:`map_inventory`
    a 0–360° inventory and a domain across 0° give one contiguous window) and checks, before
    reading any value, that the inventory covers every inversion cell
    (:meth:`ConservativeRegridder.coverage` ≥ 1 − ``COVERAGE_TOLERANCE``) and every flux step;
-2. reads only that window and the inventory steps the time mapping needs;
+2. reads only that window and the inventory steps the time mapping needs, in blocks of flux
+   steps holding at most ``MAX_BLOCK_VALUES`` inventory values (a year of hourly fluxes on a
+   fine grid does not have to fit in memory at once);
 3. applies the sector's NaN policy to the cells in the window (``error``: refuse, naming the
    count and the first place; ``zero``: set them to 0, counted and logged) — infinities are
    always refused;
@@ -26,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 
 from transport.errors import InputError
 from transport.grid import Grid, TimeAxis
 from transport.regrid import ConservativeRegridder
 
+from ..io import check_same_grid
 from .base import Inventory
 from .timemap import time_weights
 
@@ -39,6 +43,8 @@ from .timemap import time_weights
 COVERAGE_TOLERANCE = 1e-3
 # Inventory cells overlapping the domain by less than this fraction of their area are left out.
 SLIVER = 1e-6
+# Inventory values read at once (float64: 128 MiB); longer periods are mapped in blocks of flux steps.
+MAX_BLOCK_VALUES = 2**24
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,8 @@ def _range(values: np.ndarray) -> str:
     return f"{values.min():g}…{values.max():g}"
 
 
-def check_coverage(regridder: ConservativeRegridder, *, path: Path, variable: str) -> float:
-    """Refuse an inventory that leaves inversion cells uncovered; returns the least coverage."""
+def check_coverage(regridder: ConservativeRegridder, *, path: Path, variable: str) -> None:
+    """Refuse an inventory that leaves inversion cells uncovered."""
     coverage = regridder.coverage()
     bad = coverage < 1.0 - COVERAGE_TOLERANCE
     if bad.any():
@@ -94,7 +100,6 @@ def check_coverage(regridder: ConservativeRegridder, *, path: Path, variable: st
                          f"lon {_range(target.lon_bounds[j].ravel())} (inventory lat "
                          f"{_range(regridder.source.lat_bounds)}, lon {_range(regridder.source.lon_bounds)})",
                          "use an inventory that covers the whole domain, or a smaller domain")
-    return float(coverage.min())
 
 
 @dataclass(frozen=True)
@@ -110,34 +115,53 @@ class Mapped:
 def map_inventory(inv: Inventory, grid: Grid, time: TimeAxis, *, time_mapping: str, nan: str, regrid: bool,
                   grid_source: str, sector: str) -> Mapped:
     """Map ``inv`` onto ``grid`` × ``time`` (see the module docstring)."""
-    if not regrid:
-        if not inv.grid.same_as(grid):
-            raise InputError(inv.path, "lat/lon", f"the prior grid ({inv.grid.describe()}) differs from the inversion "
-                             f"grid of {grid_source} ({grid.describe()})",
-                             f"regrid the file to the footprint grid, or set regrid = true for sector {sector!r}")
-        win = Window(rows=slice(0, grid.lat.size), cols=slice(0, grid.lon.size), order=None, grid=inv.grid)
+    if not regrid:  # the file must be on the inversion grid (cell centres as inversion.io checks them)
+        check_same_grid(xr.Dataset(coords={"lat": inv.grid.lat, "lon": inv.grid.lon}), inv.path, grid, "prior",
+                        grid_source)
+        win = Window(rows=slice(0, grid.lat.size), cols=slice(0, grid.lon.size), order=None, grid=grid)
     else:
         win = window(inv.grid, grid, path=inv.path, variable=inv.variable)
     same = win.grid.same_as(grid)
     regridder = None if same else ConservativeRegridder(win.grid, grid)
     if regridder is not None:
         check_coverage(regridder, path=inv.path, variable=inv.variable)
-    W = time_weights(inv.time, time, time_mapping, path=inv.path, variable=inv.variable)
-    used = np.flatnonzero(W.getnnz(axis=0))
-    W = W[:, used]
+    W = time_weights(inv.time, time, time_mapping, path=inv.path, variable=inv.variable).tocsr()
+    flux = np.empty((time.size,) + grid.shape)
+    counted = np.zeros(W.shape[1], dtype=bool)  # inventory steps whose NaN are already counted
+    nan_zeroed = 0
+    for block in _blocks(W, win.grid.size):
+        Wb = W[block]
+        used = np.flatnonzero(Wb.getnnz(axis=0))
+        values = inv.read(used, win.rows, win.cols)
+        if win.order is not None:
+            values = values[:, :, win.order]
+        nan_zeroed += _apply_nan_policy(values, inv, win.grid, used, nan, sector, counted[used])
+        counted[used] = True
+        mapped = values if regridder is None else regridder.intensive(values)
+        flux[block] = (Wb[:, used] @ mapped.reshape(used.size, -1)).reshape((-1,) + grid.shape)
+    return Mapped(flux=flux, nan_zeroed=nan_zeroed, regridded=regridder is not None,
+                  n_steps_read=int(counted.sum()))
 
-    values = inv.read(used, win.rows, win.cols)
-    if win.order is not None:
-        values = values[:, :, win.order]
-    nan_zeroed = _apply_nan_policy(values, inv, win.grid, used, nan, sector)
-    mapped = values if regridder is None else regridder.intensive(values)
-    flux = (W @ mapped.reshape(used.size, -1)).reshape((time.size,) + grid.shape)
-    return Mapped(flux=np.asarray(flux, dtype=np.float64), nan_zeroed=nan_zeroed, regridded=regridder is not None,
-                  n_steps_read=int(used.size))
+
+def _blocks(W, cells: int) -> list[slice]:
+    """Consecutive flux steps whose inventory steps (a contiguous range, as both axes increase)
+    hold at most ``MAX_BLOCK_VALUES`` values of the window (at least one flux step each)."""
+    blocks, start, lo, hi = [], 0, None, None
+    for k in range(W.shape[0]):
+        cols = W.indices[W.indptr[k]:W.indptr[k + 1]]
+        new_lo, new_hi = (cols.min(), cols.max()) if lo is None else (min(lo, cols.min()), max(hi, cols.max()))
+        if k > start and (new_hi - new_lo + 1) * cells > MAX_BLOCK_VALUES:
+            blocks.append(slice(start, k))
+            start, new_lo, new_hi = k, cols.min(), cols.max()
+        lo, hi = new_lo, new_hi
+    blocks.append(slice(start, W.shape[0]))
+    return blocks
 
 
-def _apply_nan_policy(values: np.ndarray, inv: Inventory, grid: Grid, used: np.ndarray, nan: str, sector: str) -> int:
-    """Refuse or zero the NaN values in place; infinities are always refused."""
+def _apply_nan_policy(values: np.ndarray, inv: Inventory, grid: Grid, used: np.ndarray, nan: str, sector: str,
+                      counted: np.ndarray) -> int:
+    """Refuse or zero the NaN values in place; infinities are always refused.  Returns the
+    number of NaN set to 0 in inventory steps not ``counted`` before (blocks may share steps)."""
     infinite = np.isinf(values)
     if infinite.any():
         t, i, j = (int(a[0]) for a in np.nonzero(infinite))
@@ -155,7 +179,7 @@ def _apply_nan_policy(values: np.ndarray, inv: Inventory, grid: Grid, used: np.n
                          f'if NaN means "no flux here" (e.g. an ocean flux over land), set nan = "zero" in '
                          f"[prior.sectors.{sector}]; otherwise fix the file")
     values[missing] = 0.0
-    return count
+    return int(missing[~counted].sum())
 
 
 def _when(inv: Inventory, t: int) -> str:

@@ -211,3 +211,35 @@ def test_selection_report_and_bad_policies_through_the_cli(case, tmp_path, capsy
     strict.write_text(strict.read_text().replace('inlet_mismatch = "warn"', 'inlet_mismatch = "error"'))
     assert cli(["run", str(strict), "--output-dir", str(tmp_path / "y")]) == 2
     assert "185 m above ground" in capsys.readouterr().err
+
+
+def test_state_extras_round_trip_through_the_dataset(case):
+    path, _ = case
+    state = open_inputs(load_config(path)).state
+    x = np.random.default_rng(3).normal(1.0, 0.1, state.size)
+    ds = state.to_dataset(x, "truth")
+    assert ds["truth_boundary_scaling"].dims == ("edge", "period")
+    np.testing.assert_array_equal(ds["truth_boundary_scaling"].values.ravel(), x[state.extra_slice("boundary_scaling")])
+    np.testing.assert_array_equal(state.from_dataset(ds, "truth", "twin.nc"), x)
+    with pytest.raises(Exception, match="truth_boundary_scaling"):
+        state.from_dataset(ds.drop_vars("truth_boundary_scaling"), "truth", "twin.nc")
+
+
+def test_background_series_method(case, tmp_path):
+    path, _ = case
+    lines = ["time,site,background [ppb]"]
+    for site, base in (("MHD", 1890.0), ("TAC", 1895.0)):
+        lines += [f"2014-02-01T00:00:00Z,{site},{base}", f"2014-03-01T00:00:00Z,{site},{base + 28}"]
+    (tmp_path / "bg.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = (path / "config.toml").read_text()
+    text = text.replace('method = "curtains"\ncurtains = ["bc_201402.nc"]\ncurtain_units = "mol mol-1"',
+                        f'method = "series"\nseries = ["{tmp_path}/bg.csv"]').replace("boundary_scaling = true",
+                                                                                   "boundary_scaling = false")
+    for name in ("footprints.h5", "prior.nc", "regions.nc", "mhd.csv", "tac.nc"):
+        text = text.replace(f'"{name}"', f'"{path / name}"')
+    (tmp_path / "config.toml").write_text(text, encoding="utf-8")
+    obs = open_inputs(load_config(tmp_path)).obs
+    days = (obs["time"].values - np.datetime64("2014-02-01T00:00:00")) / np.timedelta64(1, "D")
+    expected = np.where(obs["site"].values == "MHD", 1890.0, 1895.0) + days  # 28 ppb over 28 days
+    np.testing.assert_allclose(obs["background"].values, expected * 1e-9, rtol=1e-12)
+    assert "background_edge" not in obs

@@ -95,6 +95,8 @@ def test_both_solvers_agree_on_the_uk_total(case, capsys):
         totals[solver] = table[("UK", "whole_run")]
         state = xr.open_dataset(out / "posterior_state.nc", engine="h5netcdf")
         assert state["posterior_boundary_scaling"].dims == ("edge", "period")
+        selection = json.loads((out / "diagnostics.json").read_text())["observation_selection"]
+        assert sorted(r["site"] for r in selection) == ["MHD", "TAC"] and sum(r["observations"] for r in selection) == 12
     a, v = totals["analytical"], totals["variational"]
     for key in ("prior", "posterior", "posterior_sd"):
         assert_allclose_rel(float(v[key]), float(a[key]), 1e-6, f"UK {key}: variational vs analytical")

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from inversion.background import (EDGES, boundary_scaling_columns, edge_contributions, read_background_series,
-                                  read_curtains, series_background, store_edge_contributions, time_weights)
+from inversion.background import (
+    EDGES,
+    boundary_scaling_columns,
+    edge_contributions,
+    read_background_series,
+    read_curtains,
+    series_background,
+    store_edge_contributions,
+    time_weights,
+)
 from inversion.testing import assert_allclose_rel
 from transport.errors import InputError
 from transport.grid import Grid, TimeAxis

@@ -208,7 +208,8 @@ def test_upper_correlation_bound_that_makes_B_singular_is_refused(problem):
         plan_hyperparameters(config, problem.state, site_counts(problem))
 
 
-def test_too_few_observations_per_site_refused_or_pooled(problem, caplog):
+def test_too_few_observations_per_site_refused_or_pooled(problem, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("tanhui"), "propagate", True)  # the CLI's setup_logging may have cut it
     counts = {"AAA": 80, "BBB": 12, "CCC": 15}
     config = with_hyper(problem.config, min_obs_per_group=20)
     with pytest.raises(InputError) as err:

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from inversion.config import CONFIG_NAME, Config, ConfigError, CovarianceConfig, PriorConfig, SectorConfig, load_config
+from inversion.config import (
+    CONFIG_NAME,
+    Config,
+    ConfigError,
+    CovarianceConfig,
+    PriorConfig,
+    SectorConfig,
+    load_config,
+)
 from inversion.outputs import resolved_config_text
 
 try:

@@ -36,7 +36,7 @@ def global_centres(step: float, west: float = -180.0) -> tuple[np.ndarray, np.nd
 
 # ---- ODIAC: land, intl_bunker (month, lat, lon), gC m-2 d-1, year in the file name --------------
 
-def odiac_file(directory: Path, *, nan_cell: tuple[float, float] | None = None) -> Path:
+def odiac_file(directory: Path, *, nan_cell: tuple[float, float] | None = None, netcdf3: bool = False) -> Path:
     lat, lon = global_centres(1.0)
     lat = lat[::-1]  # north to south: the reader must flip it
     month = np.arange(1, 13)
@@ -48,11 +48,16 @@ def odiac_file(directory: Path, *, nan_cell: tuple[float, float] | None = None) 
         {"land": (("month", "lat", "lon"), land, {"units": "gC/m2/d", "long_name": "land emissions"}),
          "intl_bunker": (("month", "lat", "lon"), 0.5 * np.ones_like(land), {"units": "gC/m2/d"})},
         coords={"month": month, "lat": lat, "lon": lon})
-    return write(ds, directory / "odiac2022_1x1d_2020.nc")
+    path = directory / "odiac2022_1x1d_2020.nc"
+    if netcdf3:  # NetCDF-3 classic, as older ODIAC releases
+        ds.to_netcdf(path, engine="scipy", format="NETCDF3_64BIT")
+        return path
+    return write(ds, path)
 
 
-def test_odiac_gc_per_day_by_calendar_month(tmp_path):
-    path = odiac_file(tmp_path)
+@pytest.mark.parametrize("netcdf3", [False, True], ids=["netcdf4", "netcdf3"])
+def test_odiac_gc_per_day_by_calendar_month(tmp_path, netcdf3):
+    path = odiac_file(tmp_path, netcdf3=netcdf3)
     grid = Grid.regular(20, 23, 100, 104, 1, 1)  # the ODIAC cells themselves
     time = TimeAxis.regular("2020-01-31T00", "2020-02-01T06", "3h")  # across the month boundary
     flux = mapped(path, "odiac", grid, time)
@@ -190,6 +195,32 @@ def test_carbontracker_ocean_nan_over_land(tmp_path):
     np.testing.assert_allclose(flux[:, ~land], -2e-8, rtol=1e-12)
     with pytest.raises(InputError, match="cannot be a CH4 prior"):
         mapped(path, "carbontracker", grid, time, species="ch4", variable="bio_flux_opt")
+
+
+def ct_monthly_file(directory: Path, month: str, value: float, *, bounds: bool) -> Path:
+    lat, lon = global_centres(1.0)
+    start = np.datetime64(month, "M")
+    edges = np.array([start, start + 1]).astype("datetime64[s]")
+    ds = xr.Dataset({"fossil_flux_imp": (("time", "latitude", "longitude"), np.full((1, lat.size, lon.size), value),
+                                         {"units": "mol m-2 s-1"})},
+                    coords={"time": ("time", [edges[0] + (edges[1] - edges[0]) // 2]), "latitude": lat, "longitude": lon})
+    if bounds:
+        ds["time"].attrs["bounds"] = "time_bnds"
+        ds["time"].encoding.update(units="days since 2000-01-01 00:00:00", dtype="float64")  # as CarbonTracker
+        ds["time_bnds"] = (("time", "nv"), edges[None, :])
+    return write(ds, directory / f"CT2022.flux1x1.{month.replace('-', '')}.nc")
+
+
+@pytest.mark.parametrize("bounds", [True, False], ids=["time_bnds", "mid-month stamp + time_step"])
+def test_carbontracker_monthly_files(tmp_path, bounds):
+    ct_monthly_file(tmp_path, "2020-01", 2e-9, bounds=bounds)
+    ct_monthly_file(tmp_path, "2020-02", 5e-9, bounds=bounds)
+    grid = Grid.regular(40, 42, 100, 103, 1, 1)
+    time = TimeAxis.regular("2020-01-31T12", "2020-02-01T12", "6h")
+    keys = {} if bounds else {"time_step": "month"}
+    flux = mapped(tmp_path / "CT2022.flux1x1.2020??.nc", "carbontracker", grid, time, variable="fossil_flux_imp", **keys)
+    expected = np.where(time.start < np.datetime64("2020-02-01"), 2e-9, 5e-9)
+    np.testing.assert_allclose(flux, np.broadcast_to(expected[:, None, None], flux.shape), rtol=1e-12)
 
 
 # ---- VPRM: GEE, RESP, NEE in µmol m-2 s-1, hourly; NEE = GEE + RESP -------------------------------

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from inversion.config import SectorConfig
-from inversion.inventories import map_sector
+from inversion.inventories import map_sector, open_sector, remap
 from transport.errors import InputError
 from transport.grid import EARTH_RADIUS_M, Grid, TimeAxis
 
@@ -138,5 +138,30 @@ def test_an_inventory_not_covering_the_domain_is_refused(tmp_path):
 def test_off_grid_file_with_regrid_false_is_refused(tmp_path):
     grid = Grid.regular(30, 36, 110, 118, 1, 1)
     path = write_field(tmp_path / "shifted.nc", grid.lat + 0.5, grid.lon, np.ones(grid.shape))
-    with pytest.raises(InputError, match=r"differs from the inversion grid of footprints.h5.*regrid = true"):
+    with pytest.raises(InputError, match=r"lat/lon: the prior grid .* differs from the inversion grid of "
+                       r"footprints.h5 .*regrid the file to the footprint grid"):
         regrid(path, grid, regrid=False)
+
+
+def test_mapping_in_blocks_of_flux_steps_gives_the_same_flux_and_nan_count(tmp_path, monkeypatch):
+    """Long periods are read in blocks; blocks sharing an inventory step count its NaN once."""
+    lat, lon = centres(30, 36, 0.5), centres(110, 118, 0.5)
+    stamps = np.arange("2024-06-29", "2024-07-03", np.timedelta64(1, "D"), dtype="datetime64[s]")
+    values = np.random.default_rng(3).normal(size=(stamps.size, lat.size, lon.size))
+    values[:, 4, 5] = np.nan
+    ds = xr.Dataset({"flux": (("time", "lat", "lon"), values, {"units": "umol m-2 s-1"})},
+                    coords={"time": stamps, "lat": lat, "lon": lon})
+    path = tmp_path / "daily.nc"
+    ds.to_netcdf(path, engine="h5netcdf")
+    sector = SectorConfig(file=path, variable="flux", nan="zero")
+    grid, time = Grid.regular(31, 35, 111, 117, 1, 1), TimeAxis.regular("2024-06-29", "2024-07-03", "3h")
+
+    def run():
+        return remap.map_inventory(open_sector("s", sector, "co2"), grid, time, time_mapping="step", nan="zero",
+                                   regrid=True, grid_source="footprints.h5", sector="s")
+
+    whole = run()
+    monkeypatch.setattr(remap, "MAX_BLOCK_VALUES", 1)  # one flux step per block: each day read 8 times
+    blocks = run()
+    np.testing.assert_array_equal(blocks.flux, whole.flux)
+    assert blocks.nan_zeroed == whole.nan_zeroed == stamps.size and blocks.n_steps_read == stamps.size

@@ -128,3 +128,18 @@ def test_gradient_traces_within_their_standard_errors(problem, dense, seed):
     est = mf.trace_inverse_derivatives(Z, mf.solve(Z), [Derivative(dB=lambda X: dB @ X), Derivative(dR=dR)])
     assert np.all(est.stderr > 0)
     assert np.all(np.abs(est.value - exact) <= SE_BOUND * est.stderr), (est.value, exact, est.stderr)
+
+
+def test_quadrature_change_flags_too_few_lanczos_steps():
+    """With too few steps the quadrature is biased beyond the standard error; the reported
+    change between 3k/4 and k nodes shows it, and vanishes once the steps suffice."""
+    rng = np.random.default_rng(7)
+    A = _spd(rng, 150, 1e3)
+    exact = np.linalg.slogdet(A)[1]
+    probes = rademacher(rng, 150, 32)
+    short = slq_logdet(lambda v: A @ v, probes, steps=5)
+    assert abs(short.value - exact) > SE_BOUND * short.stderr  # the bias the SE does not contain
+    assert abs(short.quadrature_change) > short.stderr
+    long = slq_logdet(lambda v: A @ v, probes, steps=40)
+    assert abs(long.quadrature_change) < long.stderr
+    assert abs(long.value - exact) <= SE_BOUND * long.stderr

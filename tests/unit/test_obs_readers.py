@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from inversion.obs_formats import detect_format, read_csv, read_obspack, read_openghg, read_series
+from inversion.obs_formats import (
+    detect_format,
+    read_csv,
+    read_obspack,
+    read_openghg,
+    read_series,
+)
 from transport.errors import InputError
 
 EXTERNAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "external"

@@ -1,0 +1,109 @@
+"""Ingestion throughput on a few thousand small synthetic STILT files (run by hand).
+
+    python benchmarks/ingest_stilt.py [--files 2000] [--ranks 2] [--dir /tmp/tanhui-bench-stilt]
+
+Writes ``--files`` time-resolved R-STILT v2 footprints (24 hourly slots on a 50 × 50 grid of
+0.1°, ~2/3 of the cells zero, float32, the real variable names and attributes) for 10 sites,
+then runs ``tanhui footprints ingest`` on them serially and under ``mpiexec -n RANKS`` (fresh
+output each time, so no part is skipped) onto 3-hourly flux steps, and prints files/s and
+MB/s (input bytes / wall time of the whole command, start-up included) and the MPI/serial
+speed-up.  Prints figures; asserts nothing but that both stores are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.footprint_files import stilt_v2  # noqa: E402  (the test fixtures' writer: exact STILT names)
+
+LAT = 40.0 + 0.1 * np.arange(50) + 0.05
+LON = -113.0 + 0.1 * np.arange(50) + 0.05
+N_SLOT = 24
+T0 = np.datetime64("2015-06-01T00:00", "s")
+
+
+def write_files(directory: Path, n_files: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n_files):
+        site = f"S{i % 10:02d}"
+        t = T0 + np.timedelta64(24 + i // 10, "h")
+        stamp = np.datetime_as_string(t, unit="m").replace("-", "").replace("T", "").replace(":", "")
+        values = rng.gamma(0.4, 1e-3, size=(N_SLOT, LAT.size, LON.size))
+        values[values < 3e-4] = 0.0
+        times = t - np.arange(N_SLOT, 0, -1) * np.timedelta64(1, "h")
+        name = f"{stamp}_{LON[i % 50]:.2f}_{LAT[(7 * i) % 50]:.2f}_{10 + i % 10}_foot.nc"
+        paths.append(stilt_v2(directory / site / name, values, LAT, LON, times, attrs={"site": site}))
+    return paths
+
+
+def run(command: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{proc.stderr}")
+    return elapsed
+
+
+def contents(path: Path) -> dict:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/tanhui-bench-stilt"))
+    args = parser.parse_args()
+    inputs = args.dir / "inputs"
+    if not inputs.is_dir() or len(list(inputs.rglob("*_foot.nc"))) != args.files:
+        shutil.rmtree(args.dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        write_files(inputs, args.files)
+        print(f"wrote {args.files} files in {time.perf_counter() - t0:.1f} s")
+    files = sorted(inputs.rglob("*_foot.nc"))
+    n_bytes = sum(f.stat().st_size for f in files)
+    print(f"{len(files)} files, {n_bytes / 1e6:.1f} MB ({n_bytes / len(files) / 1e3:.1f} kB each), "
+          f"{N_SLOT} hourly slots on {LAT.size} × {LON.size} cells")
+    manifest = args.dir / "manifest.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_"))}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    tanhui = [sys.executable, "-m", "inversion", "footprints"]
+    run([*tanhui, "manifest", str(inputs / "*" / "*_foot.nc"), "--out", str(manifest)], env)
+    common = ["ingest", str(manifest), "--grid", "40,45,-113,-108,0.1,0.1", "--time", "2015-06-01,2015-06-12,3h"]
+    results = {}
+    for label, prefix, n in (("serial", [sys.executable, "-m", "inversion", "footprints"], 1),
+                             (f"{args.ranks} MPI ranks", [shutil.which("mpiexec") or "mpiexec", "-n", str(args.ranks),
+                                                          sys.executable, "-m", "mpi4py", "-m", "inversion", "footprints"],
+                              args.ranks)):
+        out = args.dir / f"store-{n}.h5"
+        shutil.rmtree(f"{out}.parts", ignore_errors=True)
+        out.unlink(missing_ok=True)
+        seconds = run([*prefix, *common, "--out", str(out), "--comm", "serial" if n == 1 else "mpi"], env)
+        results[label] = (seconds, out)
+        print(f"{label:>12}: {seconds:6.1f} s  {len(files) / seconds:7.1f} files/s  {n_bytes / 1e6 / seconds:6.2f} MB/s  "
+              f"(store {out.stat().st_size / 1e6:.1f} MB)")
+    (s1, a), (s2, b) = results.values()
+    ca, cb = contents(a), contents(b)
+    assert sorted(ca) == sorted(cb) and all(np.array_equal(ca[k], cb[k]) for k in ca), "stores differ"
+    print(f"speed-up {s1 / s2:.2f}× on {args.ranks} ranks; the two stores are identical")
+
+
+if __name__ == "__main__":
+    main()
