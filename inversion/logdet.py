@@ -59,7 +59,7 @@ class Estimate:
     quadrature_change: float = 0.0
 
     @classmethod
-    def from_samples(cls, samples: np.ndarray, quadrature_change: float = 0.0) -> "Estimate":
+    def from_samples(cls, samples: np.ndarray, quadrature_change: float = 0.0) -> Estimate:
         samples = np.asarray(samples, dtype=np.float64)
         p = samples.shape[0]
         if p < 2:

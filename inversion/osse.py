@@ -58,7 +58,7 @@ class Misspecification:
     B: float = 1.0
 
     @classmethod
-    def parse(cls, items: Sequence[str]) -> "Misspecification":
+    def parse(cls, items: Sequence[str]) -> Misspecification:
         """From ``["R=0.25", "B=4"]``; raises ValueError with the accepted form."""
         values: dict[str, float] = {}
         for item in items:

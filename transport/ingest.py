@@ -201,7 +201,7 @@ class IngestOptions:
     """Choices of an ingestion (see the module docstring).  ``reader`` options go to
     :func:`transport.formats.detect.read_footprints`."""
 
-    reader: ReaderOptions = ReaderOptions()
+    reader: ReaderOptions = field(default_factory=ReaderOptions)
     regrid: bool = False
     truncate: bool = False
     boundary: str = "auto"
@@ -277,17 +277,15 @@ class RecordMapper:
     def _weights(self, slots: TimeAxis) -> sp.csr_matrix:
         """w (n_slot, nt): fraction of each slot inside each flux step."""
         start, end = slots.start.astype(np.int64), slots.end.astype(np.int64)
-        rows, cols, vals = [], [], []
-        for s in range(start.size):
-            k0 = int(np.searchsorted(self._step_end, start[s], side="right"))
-            k1 = int(np.searchsorted(self._step_start, end[s], side="left"))
-            ks = np.arange(k0, k1)
-            overlap = np.minimum(end[s], self._step_end[ks]) - np.maximum(start[s], self._step_start[ks])
-            keep = overlap > 0
-            rows.append(np.full(keep.sum(), s))
-            cols.append(ks[keep])
-            vals.append(overlap[keep] / (end[s] - start[s]))
-        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(start.size, self.axis.size))
+        k0 = np.searchsorted(self._step_end, start, side="right")  # first step ending after the slot starts
+        k1 = np.searchsorted(self._step_start, end, side="left")  # past the last step starting before it ends
+        counts = np.maximum(k1 - k0, 0)
+        rows = np.repeat(np.arange(start.size), counts)
+        cols = np.repeat(k0, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+        overlap = np.minimum(end[rows], self._step_end[cols]) - np.maximum(start[rows], self._step_start[cols])
+        keep = overlap > 0  # steps of an axis with gaps may touch a slot without overlapping it
+        return sp.csr_matrix((overlap[keep] / (end - start)[rows[keep]], (rows[keep], cols[keep])),
+                             shape=(start.size, self.axis.size))
 
     def map(self, record: FootprintRecord) -> MappedRecord:
         notes = list(record.notes)
@@ -370,6 +368,15 @@ def split_parts(files: Sequence[Path], n_parts: int) -> list[list[tuple[int, Pat
 def _part_paths(out: Path, k: int) -> tuple[Path, Path]:
     d = parts_dir(out)
     return d / f"part-{k:05d}.h5", d / f"part-{k:05d}.json"
+
+
+def _remove_parts_beyond(out: Path, n_parts: int) -> None:
+    """Parts numbered ≥ n_parts are left from an ingestion split differently: remove them."""
+    for path in parts_dir(out).glob("part-*.*"):
+        match = re.fullmatch(r"part-(\d+)\.(h5|json)", path.name)
+        if match and int(match.group(1)) >= n_parts:
+            path.unlink(missing_ok=True)
+            log.info("removed %s (left from an ingestion with more parts)", path)
 
 
 def _verified(out: Path, k: int, files: list[tuple[int, Path]], fingerprint: str) -> dict | None:
@@ -719,6 +726,9 @@ def ingest(files: Sequence[Path], out: str | os.PathLike, grid: Grid, time_axis:
     n_parts = min(n_parts, len(files))
     if part is not None and not 0 <= part < n_parts:
         raise InputError(out, "--part", f"part {part} is not in [0, {n_parts})", "Give --part K with 0 ≤ K < --parts")
+    if part is not None and comm.size > 1:
+        raise InputError(out, "--part", f"one part on {comm.size} MPI ranks", "Run array tasks as single processes, "
+                         "or drop --part to spread all parts over the ranks")
     if merge and out.exists() and not overwrite:
         raise InputError(out, None, "file exists", "Choose another --out or pass --overwrite")
     fingerprint = _fingerprint(grid, time_axis, options)
@@ -734,6 +744,8 @@ def ingest(files: Sequence[Path], out: str | os.PathLike, grid: Grid, time_axis:
             progress(done[0], total)
 
     log.info("ingesting %d files in %d parts on %d rank(s) into %s", len(files), n_parts, comm.size, out)
+    if comm.rank == 0:
+        _remove_parts_beyond(out, n_parts)
     for k in mine:
         if _verified(out, k, blocks[k], fingerprint) is not None:
             skipped += 1

@@ -14,7 +14,7 @@ HELP = "check the posterior intervals by twin experiments (coverage, χ²/n, RMS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Draw N truths from the prior B and observation noise from R, invert each with one factorisation of the "
-        "case's H, and report the empirical coverage of the 68 %% and 95 %% posterior intervals (state elements "
+        "case's H, and report the empirical coverage of the 68 % and 95 % posterior intervals (state elements "
         "and region totals), the distribution of χ²/n and RMSE/σ. Under MPI the ranks split the realisations "
         "(each rank reads the whole case). Writes osse_summary.json, osse_realisations.csv, osse_elements.csv and "
         "(with matplotlib) osse.png to RUN.OUTPUT_DIR/osse.")

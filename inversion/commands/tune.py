@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Maximise the marginal likelihood of the observations, y ~ N(H x_b, H B Hᵀ + R), over the error "
         "hyperparameters listed in [hyper] (default: prior σ per sector and model–data mismatch per site). "
-        "Writes hyper.json (estimates, 95 %% intervals from the curvature, χ² per site before and after) and "
+        "Writes hyper.json (estimates, 95 % intervals from the curvature, χ² per site before and after) and "
         "tuned.toml (the settings to paste into config.toml) to RUN.OUTPUT_DIR/tune. Exit code 3 when the search "
         "did not converge (the outputs are still written, flagged).")
     add_case_arguments(parser)

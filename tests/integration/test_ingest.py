@@ -124,9 +124,8 @@ def test_store_boundary_round_trip_and_all_or_nothing(tmp_path):
     part = store.read_boundary(1, 4)
     for e in "nsew":
         np.testing.assert_array_equal(part[e], edges[e][1:4])
-    with pytest.raises(ValueError, match="all-or-nothing"):
-        with FootprintStore.create(tmp_path / "c.h5", grid, axis, obs) as w:
-            w.append(rows, boundary=edges)
+    with pytest.raises(ValueError, match="all-or-nothing"), FootprintStore.create(tmp_path / "c.h5", grid, axis, obs) as w:
+        w.append(rows, boundary=edges)
     with FootprintStore.create(tmp_path / "d.h5", grid, axis, obs) as w:
         w.append(rows)
     plain = FootprintStore(tmp_path / "d.h5")
@@ -158,6 +157,21 @@ def test_time_mapping_splits_slots_over_flux_steps(tmp_path):
     row = FootprintStore(out).read_rows(0, 1).toarray().ravel()
     np.testing.assert_allclose(row, expected_row(record, GRID, AXIS), rtol=1e-6)
     assert row.sum() == pytest.approx(record.values.sum(), rel=1e-6)
+
+
+def test_time_mapping_on_an_axis_with_gaps(tmp_path):
+    # flux steps 03–06 h and 09–15 h only: slot parts in the gaps are outside the axis
+    axis = TimeAxis(start=np.array(["2015-06-18T03", "2015-06-18T09"], "datetime64[s]"),
+                    end=np.array(["2015-06-18T06", "2015-06-18T15"], "datetime64[s]"))
+    (path,) = write_stilt_files(tmp_path / "in", n_per_site=1, n_slot=5, step_h=2)[:1]  # slots 02:00 … 12:00
+    (record,) = read_footprints(path, site="SLC")
+    with pytest.raises(InputError, match="no footprint was ingested"):
+        ingest([path], tmp_path / "gap.h5", GRID, axis)
+    ingest([path], tmp_path / "gap.h5", GRID, axis, options=IngestOptions(truncate=True), overwrite=True)
+    row = FootprintStore(tmp_path / "gap.h5").read_rows(0, 1).toarray().ravel()
+    np.testing.assert_allclose(row, expected_row(record, GRID, axis), rtol=1e-6)
+    kept = expected_row(record, GRID, axis).sum() / record.values.sum()
+    assert 0 < kept < 1
 
 
 def test_integrated_footprints_spread_over_steps_or_are_rejected_outside_the_axis(tmp_path):
@@ -303,6 +317,11 @@ def test_interrupted_ingestion_resumes_and_skips_verified_parts(stilt_files, ref
     meta = json.loads((parts_dir(out) / "part-00000.json").read_text())
     assert meta["inputs"][0]["path"] == str(stilt_files[0])
 
+    # split differently: the parts of the old split are replaced, none is left over
+    assert tanhui(*ingest_args(stilt_files, out, "--parts", "2", "--overwrite")) == 0
+    assert sorted(p.name for p in parts_dir(out).iterdir()) == ["part-00000.h5", "part-00000.json",
+                                                                "part-00001.h5", "part-00001.json"]
+
 
 def _mpiexec() -> str | None:
     beside = Path(sys.executable).parent / "mpiexec"
@@ -321,7 +340,7 @@ def test_two_mpi_ranks_equal_the_serial_ingestion(stilt_files, reference, tmp_pa
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
                             start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(timeout=180)
+        _, stderr = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("mpiexec ingestion did not end within 180 s")
@@ -332,13 +351,49 @@ def test_two_mpi_ranks_equal_the_serial_ingestion(stilt_files, reference, tmp_pa
     assert_same_store(out, reference)
 
 
+CONFIG = """\
+[run]
+name = "grid from a config"
+start = 2015-06-17T00:00:00Z
+end = 2015-06-19T00:00:00Z
+[grid]
+lat_min = 40.0
+lat_max = 41.2
+lon_min = -113.0
+lon_max = -111.8
+dlat = 0.1
+dlon = 0.1
+[transport]
+footprints = "store.h5"
+[observations]
+file = "obs.nc"
+[prior]
+file = "prior.nc"
+optimised = ["bio"]
+[state]
+regions = "regions.nc"
+"""
+
+
+def test_grid_and_time_axis_from_a_config_or_a_store(stilt_files, reference, tmp_path):
+    (tmp_path / "config.toml").write_text(CONFIG)
+    out = tmp_path / "store.h5"
+    args = ["ingest", *map(str, stilt_files), "--out", str(out), "--comm", "serial"]
+    assert tanhui(*args, "--grid", str(tmp_path), "--time", f"{tmp_path / 'config.toml'},3h") == 0
+    assert_same_store(out, reference)
+    assert tanhui(*args, "--grid", str(reference), "--time", str(reference), "--overwrite") == 0
+    assert_same_store(out, reference)
+    assert tanhui(*args, "--grid", str(tmp_path), "--time", str(tmp_path / "config.toml"), "--overwrite") == EXIT_BAD_INPUT
+    assert tanhui(*args, "--grid", "1,2,3", "--time", str(reference), "--overwrite") == EXIT_BAD_INPUT
+
+
 def test_inspect_prints_the_summary_and_writes_the_total_sensitivity_map(reference, tmp_path, capsys):
     capsys.readouterr()
     assert tanhui("inspect", str(reference), "--map", str(tmp_path / "map.nc")) == 0
     text = capsys.readouterr().out
     store = FootprintStore(reference)
     assert f"{store.n_obs} observations" in text
-    for site, (_, _, zagl) in SITES.items():
+    for site in SITES:
         assert site in text
     assert "flux steps: 16 from 2015-06-17T00:00:00 to 2015-06-19T00:00:00, lengths 3 h" in text
     assert f"non-zeros {store.nnz:,}" in text

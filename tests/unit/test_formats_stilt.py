@@ -145,6 +145,20 @@ def test_latitude_first_file_name_is_refused_as_a_swap(tmp_path):
         list(read_footprints(path, site="SLC", back_hours=24))
 
 
+def test_netcdf3_files_are_read_like_netcdf4(tmp_path):
+    values = rng_values((2, LAT.size, LON.size))
+    times = [RECEPTOR - np.timedelta64(2, "h"), RECEPTOR - np.timedelta64(1, "h")]
+    nc4 = ff.stilt_v2(tmp_path / "4" / "201506182200_-112.5_40.5_5_foot.nc", values, LAT, LON, times)
+    with xr.open_dataset(nc4, engine="h5netcdf", mask_and_scale=False, decode_times=False) as ds:
+        nc3 = tmp_path / "3" / nc4.name
+        nc3.parent.mkdir()
+        ds.to_netcdf(nc3, engine="scipy", format="NETCDF3_64BIT")
+    assert nc3.read_bytes()[:3] == b"CDF"
+    (a,), (b,) = read_footprints(nc4, site="SLC"), read_footprints(nc3, site="SLC")
+    np.testing.assert_array_equal(a.values, b.values)
+    assert vars(a.receptor) == vars(b.receptor)
+
+
 def test_missing_site_is_refused(tmp_path):
     path = ff.stilt_v2(tmp_path / "201506182200_-112.5_40.5_5_foot.nc", rng_values((1, LAT.size, LON.size)), LAT, LON,
                        [RECEPTOR])

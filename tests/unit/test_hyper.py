@@ -27,7 +27,13 @@ from inversion.cli import main as cli_main
 from inversion.commands import EXIT_BAD_INPUT, EXIT_OK
 from inversion.commands.tune import EXIT_NOT_CONVERGED
 from inversion.config import ConfigError, load_config
-from inversion.hyper import Likelihood, plan_hyperparameters, settings_toml, site_counts, tune
+from inversion.hyper import (
+    Likelihood,
+    plan_hyperparameters,
+    settings_toml,
+    site_counts,
+    tune,
+)
 from inversion.parallel import SerialComm
 from inversion.problem import build_problem, open_inputs, prior_covariance
 from tests.casegen import make_case

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from inversion.config import load_config
-from inversion.logdet import Derivative, Estimate, MatrixFreeMarginal, observation_probes, rademacher, slq_logdet
+from inversion.logdet import (
+    Derivative,
+    Estimate,
+    MatrixFreeMarginal,
+    observation_probes,
+    rademacher,
+    slq_logdet,
+)
 from inversion.parallel import SerialComm, partition
 from inversion.problem import build_problem
 from tests.casegen import make_case

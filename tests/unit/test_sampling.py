@@ -21,8 +21,13 @@ from inversion.config import load_config
 from inversion.parallel import SerialComm
 from inversion.posterior import DensePosteriorCovariance, Posterior
 from inversion.problem import build_problem
-from inversion.sampling import (aggregate_samples, exceedance_probability, posterior_samples, posterior_sqrt,
-                                summarise)
+from inversion.sampling import (
+    aggregate_samples,
+    exceedance_probability,
+    posterior_samples,
+    posterior_sqrt,
+    summarise,
+)
 from inversion.solvers import solve_analytical, solve_variational
 from inversion.testing import assert_allclose_rel
 from tests.casegen import make_case

@@ -13,6 +13,7 @@ Values policy (the same for every format, each case counted and noted on the rec
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -33,6 +34,7 @@ _DEGREE_UNITS = {"lat": {"degrees_north", "degree_north", "degrees_n", "degree_n
 _CF_CALENDARS = {None, "standard", "gregorian", "proleptic_gregorian"}
 
 FORMATS = ("stilt", "flexpart", "name")
+_TIME_CODER = xr.coders.CFDatetimeCoder(use_cftime=False)
 
 
 @dataclass(frozen=True)
@@ -130,13 +132,21 @@ def values_of(var: xr.DataArray, path: Path, name: str) -> np.ndarray:
                          "The file may be truncated or corrupt: copy or regenerate it") from exc
 
 
+@functools.lru_cache(maxsize=64)
+def _footprint_factor(units: str) -> float:
+    return conversion_factor(units, FOOTPRINT_UNITS)  # cached: thousands of files share a few spellings
+
+
 def footprint_factor(var: xr.DataArray, path: Path, name: str, units: str | None = None) -> float:
     """Factor converting the variable (its ``units`` attribute, or ``units``) to m² s mol⁻¹."""
     units = units if units is not None else attr_text(var.attrs, "units")
     if units is None:
         raise InputError(path, name, "no units attribute", f"Footprints must state their units (expected {FOOTPRINT_UNITS!r} "
                          "or an equivalent such as '(mol/mol)/(mol/m2/s)' or 'ppm (umol-1 m2 s)')")
-    return conversion_factor(units, FOOTPRINT_UNITS, path=path, variable=name)
+    try:
+        return _footprint_factor(units)
+    except InputError:
+        return conversion_factor(units, FOOTPRINT_UNITS, path=path, variable=name)  # the same error, naming the file
 
 
 def unpack(raw: np.ndarray, var: xr.DataArray) -> np.ndarray:
@@ -162,8 +172,7 @@ def decode_times(values, units: str | None, calendar: str | None, path: Path, na
     if not np.all(np.isfinite(numbers)):
         raise InputError(path, name, "contains NaN or missing times", "Every footprint needs a valid time")
     try:
-        decoded = xr.decode_cf(xr.Dataset({"t": xr.Variable(("n",), numbers, attrs)}),
-                               decode_times=xr.coders.CFDatetimeCoder(use_cftime=False))["t"].values
+        decoded = _TIME_CODER.decode(xr.Variable(("n",), numbers, attrs)).values
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(path, name, f"cannot decode times with units {units!r} ({exc})", "Use CF time units") from exc
     if decoded.dtype.kind != "M":

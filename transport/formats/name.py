@@ -46,7 +46,6 @@ import xarray as xr
 
 from transport.errors import InputError
 from transport.formats import FootprintRecord, Receptor
-from transport.units import conversion_factor
 from transport.formats.common import (
     ReaderOptions,
     SourceGrid,
@@ -61,6 +60,7 @@ from transport.formats.common import (
     time_variable,
     values_of,
 )
+from transport.units import conversion_factor
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def read_series(ds: xr.Dataset, path: Path, options: ReaderOptions, variable: st
     if options.back_hours is None:
         raise InputError(path, variable, "the back-time of the integrated footprints is not stated in the file",
                          "Give it with --back-hours (back_hours); the Met Office NAME runs used by acrg/openghg integrate 30 days: 720")
-    back = np.timedelta64(int(round(options.back_hours * 3600)), "s")
+    back = np.timedelta64(round(options.back_hours * 3600), "s")
     boundary, heights = _boundary(ds, path, sgrid, order)
     ids = None
     if "obs_id" in ds.variables and ds["obs_id"].dims == ("time",):
@@ -212,7 +212,7 @@ def read_series(ds: xr.Dataset, path: Path, options: ReaderOptions, variable: st
         hitres, h_factor, h_back, h_step, h_notes = _hitres(ds, path, sgrid, units)
         file_notes = file_notes + h_notes
         h_resolved = h_back[:-1]
-        if back <= np.timedelta64(int(round(h_resolved[-1] * 3600)), "s"):
+        if back <= np.timedelta64(round(h_resolved[-1] * 3600), "s"):
             raise InputError(path, "H_back", f"back-time {options.back_hours:g} h does not exceed the resolved {h_resolved[-1]:g} h",
                              "Give the total back-time of the footprints with --back-hours")
 
@@ -238,8 +238,8 @@ def read_series(ds: xr.Dataset, path: Path, options: ReaderOptions, variable: st
                     notes.append(f"{int(negative.sum())} negative residual-slot values (sum {raw[0][negative].sum():g}) "
                                  "set to 0 (clip_negative_residual)")
                     raw[0][negative] = 0.0
-                starts = [t - back] + [t - np.timedelta64(int(round(h * 3600)), "s") for h in h_resolved[::-1]]
-                ends = starts[1:] + [t + np.timedelta64(int(round(h_step * 3600)), "s")]
+                starts = [t - back] + [t - np.timedelta64(round(h * 3600), "s") for h in h_resolved[::-1]]
+                ends = starts[1:] + [t + np.timedelta64(round(h_step * 3600), "s")]
                 slots = slot_axis(starts, ends, path, "H_back")
             elif options.missing_hitres == "integrated":
                 notes.append("fp_HiTRes all NaN at this time: the integrated fp used as one slot (missing_hitres)")

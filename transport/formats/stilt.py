@@ -166,7 +166,7 @@ def read_stilt(ds: xr.Dataset, path: Path, options: ReaderOptions) -> Iterator[F
             notes.append("receptor time from the file name (the file has no time)")
         else:
             raise InputError(path, "time", "no receptor time in the contents or the file name", "Add a time coordinate")
-        back = np.timedelta64(int(round(_back_seconds(ds, path, options))), "s")
+        back = np.timedelta64(round(_back_seconds(ds, path, options)), "s")
         slots = slot_axis([t_receptor - back], [t_receptor], path, "time")
     if named is not None and named["time"] != t_receptor:
         notes.append(f"file name says receptor time {named['time']}, contents {t_receptor}: contents used")
