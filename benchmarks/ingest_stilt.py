@@ -13,6 +13,7 @@ speed-up.  Prints figures; asserts nothing but that both stores are identical.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -95,10 +96,15 @@ def main() -> None:
         out = args.dir / f"store-{n}.h5"
         shutil.rmtree(f"{out}.parts", ignore_errors=True)
         out.unlink(missing_ok=True)
+        load = os.getloadavg()[0]
         seconds = run([*prefix, *common, "--out", str(out), "--comm", "serial" if n == 1 else "mpi"], env)
         results[label] = (seconds, out)
+        per_rank = {}
+        for meta in (json.loads(m.read_text()) for m in Path(f"{out}.parts").glob("part-*.json")):
+            per_rank[meta["rank"]] = per_rank.get(meta["rank"], 0.0) + meta["seconds"]
         print(f"{label:>12}: {seconds:6.1f} s  {len(files) / seconds:7.1f} files/s  {n_bytes / 1e6 / seconds:6.2f} MB/s  "
-              f"(store {out.stat().st_size / 1e6:.1f} MB)")
+              f"(store {out.stat().st_size / 1e6:.1f} MB; parts {', '.join(f'{v:.1f}' for v in per_rank.values())} s "
+              f"per rank, the rest is start-up and the merge; load average before {load:.1f} on {os.cpu_count()} CPUs)")
     (s1, a), (s2, b) = results.values()
     ca, cb = contents(a), contents(b)
     assert sorted(ca) == sorted(cb) and all(np.array_equal(ca[k], cb[k]) for k in ca), "stores differ"

@@ -96,12 +96,12 @@ def region_totals(state: StateSpace, report: Regions | None = None) -> Aggregate
     for s, name in enumerate(state.sectors):
         phi = period_mean(name)
         for p in range(state.n_period):
+            columns = state.flux_index(s, p, regions)
             if report is None:  # o_Rr = δ_Rr m_r
-                w = np.diag(weight @ phi[p])
+                a[p, regions, columns] = weight @ phi[p]
             else:  # o_Rr = m_R m_r
-                w = (weight.multiply(phi[p][None, :]) @ m_state.T).toarray()
+                a[p][:, columns] = (weight.multiply(phi[p][None, :]) @ m_state.T).toarray()
                 fixed[p] += uncovered @ phi[p]
-            a[p][:, state.flux_index(s, p, regions)] = w
     for name in state.fixed_sectors:
         fixed += (weight @ period_mean(name).T).T
 

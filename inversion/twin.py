@@ -3,7 +3,8 @@
 The case's ``config.toml`` gives the grid, run period, state and error settings; ``twin.toml``
 gives the sites, observation hours, footprint back-time, synthetic prior and the seed.
 Generation is deterministic for a seed and writes, under the case, the footprint store, the
-prior flux, the region mask, the observations and the truth:
+prior flux, the region mask (rectangular blocks; or, with ``regions_from_file``, the case
+uses a mask built beforehand by ``tanhui regions build``), the observations and the truth:
 
     truth       x_t = x_b + L z,           z ~ N(0, I)          (a draw from B)
     observation y   = background + K f(x_t) + offset_t + ε,   ε ~ N(0, R)

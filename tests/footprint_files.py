@@ -149,13 +149,13 @@ def flexpart_grid_time(path: Path, spec: np.ndarray, lat, lon, times, heights, r
 
 
 def paris_file(path: Path, srr: np.ndarray, lat, lon, times, *, boundary: dict | None = None, site="MHD",
-               inlet="10magl", release=(53.32669, -9.904602)) -> Path:
+               inlet="10magl", release=(53.32669, -9.904602), variable="srr") -> Path:
     """openghg/PARIS FLEXPART: srr(time, latitude, longitude) in (mol/mol)/(mol/m2/s), time in
     days since 1970, particle_locations_*(time, height, longitude|latitude)."""
     times = np.asarray(times, "datetime64[s]")
     n = times.size
     data = {
-        "srr": (("time", "latitude", "longitude"), np.asarray(srr, np.float32),
+        variable: (("time", "latitude", "longitude"), np.asarray(srr, np.float32),
                 {"units": "(mol/mol)/(mol/m2/s)", "long_name": "source_receptor_relationship"}),
         "release_lat": ("time", np.full(n, release[0], np.float32), {"units": "degrees_north"}),
         "release_lon": ("time", np.full(n, release[1], np.float32), {"units": "degrees_east"}),

@@ -415,8 +415,6 @@ def _read_file(path: Path, mapper: RecordMapper, options: IngestOptions, file_in
     for r, record in enumerate(read_footprints(path, **reader)):
         try:
             mapped = mapper.map(record)
-            if options.boundary == "require" and mapped.boundary is None:
-                raise RecordRejected(f"no boundary sensitivities ({mapped.boundary_missing}) and --boundary require")
         except RecordRejected as exc:
             rejected.append((os.fspath(path), record.receptor.obs_id, str(exc)))
             continue
@@ -475,7 +473,8 @@ def ingest_part(out: Path, k: int, files: list[tuple[int, Path]], grid: Grid, ti
             a.mapped.boundary, a.mapped.boundary_missing = None, "its boundary heights differ from the other records'"
     if options.boundary == "require":
         keep = [a for a in accepted if a.mapped.boundary is not None]
-        rejected.extend((a.source, a.receptor.obs_id, f"no boundary sensitivities ({a.mapped.boundary_missing})")
+        rejected.extend((a.source, a.receptor.obs_id, f"no boundary sensitivities ({a.mapped.boundary_missing}) "
+                         "and --boundary require")
                         for a in accepted if a.mapped.boundary is None)
         accepted = keep
     n_with = sum(a.mapped.boundary is not None for a in accepted)
@@ -609,7 +608,8 @@ def merge_parts(out: str | os.PathLike, *, strict: bool = False, overwrite: bool
     if strict and rejected:
         raise InputError(csv_path, None, f"{len(rejected)} rejections and --strict was given", "Fix or remove the files listed")
     if not kept:
-        raise InputError(csv_path, None, f"no footprint was ingested: all {n_files} files were rejected", "See the reasons listed")
+        raise InputError(csv_path, None, f"no footprint was ingested: every file or record of the {n_files} files was rejected",
+                         "See the reasons listed")
 
     boundary = _boundary_decision(metas, stores, out)
     order = [where[i] for i in kept]

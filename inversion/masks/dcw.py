@@ -1,10 +1,10 @@
 """Country and province polygons from GMT's Digital Chart of the World (DCW-GMT).
 
 Debian's ``gmt-dcw`` installs ``/usr/share/gmt-dcw/dcw-gmt.nc`` (NetCDF-4) with the
-outlines of 250+ countries (ISO 3166-1 alpha-2 codes) and of the states/provinces of a few
-large countries (China included), plus ``dcw-countries.txt`` / ``dcw-states.txt`` with their
-names.  Codes are written as GMT writes them: ``GB``, ``CN`` for countries, ``CN.BJ``
-(Beijing), ``US.TX`` for states.
+outlines of 248 countries (ISO 3166-1 alpha-2 codes; DCW-GMT 2.1.1) and of the
+states/provinces of 8 large countries (China included), plus ``dcw-countries.txt`` and
+``dcw-states.txt`` with their names.  Codes are written as GMT writes them: ``GB``, ``CN``
+for countries, ``CN.BJ`` (Beijing), ``US.TX`` for states.
 
 File layout, as found in DCW-GMT 2.1.1 (checked by the tests): each entry is two uint16
 variables ``<V>_lon`` and ``<V>_lat`` (V = ``GB``, or ``CNBJ`` for ``CN.BJ``) with attributes

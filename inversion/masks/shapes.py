@@ -58,10 +58,6 @@ class RegionShape:
         """Area on the sphere (m²): R² × planar area."""
         return float(EARTH_RADIUS_M**2 * shapely.area(self.parts).sum())
 
-    def lon_range_deg(self) -> tuple[float, float]:
-        b = shapely.total_bounds(self.parts)
-        return float(np.degrees(b[0])), float(np.degrees(b[2]))
-
 
 def _polygons_only(geometries: np.ndarray) -> np.ndarray:
     """Explode (multi)polygons and collections into single non-empty polygons."""

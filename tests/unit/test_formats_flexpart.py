@@ -11,7 +11,8 @@ import pytest
 import xarray as xr
 
 from transport.errors import InputError
-from transport.formats.detect import read_footprints
+from transport.formats.common import open_dataset
+from transport.formats.detect import detect_format, read_footprints
 
 try:
     from tests import footprint_files as ff
@@ -112,6 +113,16 @@ def test_paris_layout_records_boundary_and_units(tmp_path):
             np.testing.assert_array_equal(record.boundary[e], np.asarray(edges[e][k], np.float32))
         np.testing.assert_array_equal(record.boundary_height, ff.HEIGHTS)
     assert records[0].receptor.height == 10.0 and records[0].receptor.latitude == pytest.approx(53.32669, abs=1e-5)
+
+
+def test_paris_variable_renamed_fp_is_still_flexpart(tmp_path):
+    times = np.datetime64("2018-09-02T00:00", "s") + np.arange(2) * np.timedelta64(1, "h")
+    srr = np.random.default_rng(4).gamma(0.5, 1e-2, size=(2, LAT.size, LON.size))
+    path = ff.paris_file(tmp_path / "MHD-10magl_FLEXPART_EUROPE_201809.nc", srr, LAT, LON, times, variable="fp")
+    with open_dataset(path) as ds:
+        assert detect_format(ds, path) == "flexpart"  # fp on latitude/longitude, not NAME's lat/lon
+    records = list(read_footprints(path, back_hours=240))
+    np.testing.assert_array_equal(records[1].values[0], np.asarray(srr[1], np.float32))
 
 
 @pytest.mark.skipif(not (ff.OPENGHG_FOOTPRINTS / "MHD-10magl_FLEXPART_ECMWFHRES_TEST_inert_201809.nc").is_file(),

@@ -159,6 +159,17 @@ def test_netcdf3_files_are_read_like_netcdf4(tmp_path):
     assert vars(a.receptor) == vars(b.receptor)
 
 
+def test_unknown_reader_options_and_forced_formats(tmp_path):
+    path = ff.stilt_v2(tmp_path / "201506182200_-112.5_40.5_5_foot.nc", rng_values((1, LAT.size, LON.size)), LAT, LON,
+                       [RECEPTOR])
+    with pytest.raises(TypeError, match="back_hour"):
+        list(read_footprints(path, site="SLC", back_hour=24))  # a typo is an error, not ignored
+    with pytest.raises(InputError, match="fp"):
+        list(read_footprints(path, site="SLC", back_hours=24, format="name"))  # forced: no guessing back
+    (record,) = read_footprints(path, site="SLC", back_hours=24, format="stilt")
+    assert record.receptor.site == "SLC"
+
+
 def test_missing_site_is_refused(tmp_path):
     path = ff.stilt_v2(tmp_path / "201506182200_-112.5_40.5_5_foot.nc", rng_values((1, LAT.size, LON.size)), LAT, LON,
                        [RECEPTOR])
