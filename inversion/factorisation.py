@@ -26,6 +26,7 @@ right-hand sides) and replicated state-space arrays:
     posterior_covariance()   A = B − B Hᵀ S⁻¹ H B = L (I + G)⁻¹ Lᵀ
     inverse_diagonal()       diag(S⁻¹)                               (local rows)
     projected_inverse()      Hᵀ S⁻¹ H                                (n_state × n_state)
+    dofs()                   trace(G (I + G)⁻¹) = trace(Hᵀ S⁻¹ H B), degrees of freedom for signal
 
 Nothing is ever inverted explicitly; only triangular solves with the Cholesky factor.
 """
@@ -37,7 +38,13 @@ from scipy import linalg
 
 from .covariance import Covariance
 from .linalg import cholesky_lower, solve_lower
-from .solvers import choose_form
+
+
+def choose_form(n_state: int, n_obs: int, form: str) -> str:
+    """``auto`` → the smaller space (state when n_state ≤ n_obs), else ``form`` itself."""
+    if form != "auto":
+        return form
+    return "state" if n_state <= n_obs else "observation"
 
 
 class Factorisation:
@@ -74,6 +81,9 @@ class Factorisation:
         raise NotImplementedError
 
     def projected_inverse(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def dofs(self) -> float:
         raise NotImplementedError
 
 
@@ -113,6 +123,10 @@ class StateForm(Factorisation):
         F = self.comm.allreduce(self.H.T @ (self.H / self.r[:, None]))
         M = solve_lower(self.C, self.B.sqrt_T(F))
         return F - M.T @ M
+
+    def dofs(self):
+        # trace(G (I + G)⁻¹) = n − trace((I + G)⁻¹) = n − ‖C⁻¹‖²_F
+        return self.n_state - float(np.sum(solve_lower(self.C, np.eye(self.n_state)) ** 2))
 
 
 class ObservationForm(Factorisation):
@@ -154,6 +168,10 @@ class ObservationForm(Factorisation):
     def projected_inverse(self):
         V = solve_lower(self.U, self._gather(self.H))
         return V.T @ V
+
+    def dofs(self):
+        # trace(Lᵀ Hᵀ S⁻¹ H L) = ‖U⁻¹ H L‖²_F
+        return float(np.sum(solve_lower(self.U, self.HL_all) ** 2))
 
 
 def factorise(H: np.ndarray, B: Covariance, r: np.ndarray, comm, *, n_obs: int, form: str = "auto") -> Factorisation:

@@ -38,7 +38,7 @@ import numpy as np
 
 from .krylov import CGResult, block_cg, cg_lanczos
 from .problem import Problem
-from .solvers import _hessian
+from .solvers import hessian_operator
 
 # CG-Lanczos for the quadrature stops early only once the residual is negligible: the Krylov
 # space is then (numerically) invariant and the quadrature exact.
@@ -118,7 +118,7 @@ class MatrixFreeMarginal:
     def __init__(self, problem: Problem, *, tol: float, max_iter: int):
         self.problem = problem
         self.r = problem.R.variance()
-        self.apply = _hessian(problem, 1.0 / self.r)  # v ↦ (I + G) v
+        self.apply = hessian_operator(problem, 1.0 / self.r)  # v ↦ (I + G) v
         self.tol = tol
         self.max_iter = max_iter
         self.converged = True

@@ -8,9 +8,9 @@ Both work in the prior-preconditioned control space x = x_b + L w (B = L Lᵀ):
 χ² = dᵀ (H B Hᵀ + R)⁻¹ d = dᵀR⁻¹d − bᵀ w_a (Woodbury), reported per observation;
 DOFS = trace(G (I + G)⁻¹).
 
-* **analytical** — exact.  State-space form factorises I + G (n_state²), observation-space
-  form factorises H B Hᵀ + R (n_obs²); ``auto`` picks the smaller.  Cholesky and triangular
-  solves only, never an explicit inverse.
+* **analytical** — exact, through :mod:`inversion.factorisation`: the state-space form
+  factorises I + G (n_state²), the observation-space form H B Hᵀ + R (n_obs²); ``auto`` picks
+  the smaller.  Cholesky and triangular solves only, never an explicit inverse.
 * **variational** — matrix-free CG with Lanczos on I + G: one H and one Hᵀ per iteration.
   The Ritz pairs give a low-rank A; the listed aggregates get exact covariances from extra
   (block) CG solves started from the deflated guess V diag(1/θ) Vᵀ b.
@@ -19,11 +19,11 @@ DOFS = trace(G (I + G)⁻¹).
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg, stats
+from scipy import stats
 
 from .aggregates import Aggregates
 from .krylov import block_cg, cg_lanczos, deflated_guess
-from .linalg import cholesky_lower, solve_lower
+from .factorisation import factorise
 from .posterior import DensePosteriorCovariance, LowRankPosteriorCovariance, Posterior
 from .problem import Problem
 from .progress import Progress, log
@@ -46,53 +46,20 @@ def _chi2(chi2: float, n_obs: int) -> dict:
     }
 
 
-def choose_form(n_state: int, n_obs: int, form: str) -> str:
-    if form != "auto":
-        return form
-    return "state" if n_state <= n_obs else "observation"
-
-
 def solve_analytical(problem: Problem, *, form: str = "auto", **_ignored) -> Posterior:
     comm, B = problem.comm, problem.B
-    n = B.size
-    d, r_inv, dRd = _common(problem)
-    form = choose_form(n, problem.n_obs, form)
-    log.info("analytical solver, %s-space form (%d state elements, %d observations)", form, n, problem.n_obs)
-    HL = B.sqrt_T(np.ascontiguousarray(problem.H.jacobian_local().T)).T  # local rows of H L
-    if form == "state":
-        W = HL * np.sqrt(r_inv)[:, None]
-        G = comm.allreduce(W.T @ W)
-        b = comm.allreduce(HL.T @ (r_inv * d))
-        C = cholesky_lower(np.eye(n) + G, name="I + G (state-space Hessian)")
-        w_a = linalg.cho_solve((C, True), b)
-        M = solve_lower(C, B.sqrt_T(np.eye(n)))  # C⁻¹ Lᵀ, so A = Mᵀ M
-        A = M.T @ M
-        chi2 = dRd - b @ w_a
-        dofs = n - float(np.sum(solve_lower(C, np.eye(n)) ** 2))
-    else:
-        blocks = comm.gather((HL, d, 1.0 / r_inv), root=0)
-        if comm.is_root:
-            HLf, df, var = (np.concatenate(x) for x in zip(*blocks))
-            S = HLf @ HLf.T
-            S[np.diag_indices_from(S)] += var
-            U = cholesky_lower(S, name="H B Hᵀ + R (observation-space matrix)")
-            z = solve_lower(U, df)
-            P = solve_lower(U, HLf)  # U⁻¹ H L
-            w_a = P.T @ z
-            LPt = B.sqrt(np.ascontiguousarray(P.T))
-            A = B.dense() - LPt @ LPt.T
-            result = (w_a, A, float(z @ z), float(np.sum(P**2)))
-        else:
-            result = None
-        w_a, A, chi2, dofs = comm.bcast(result, root=0)
-    x_a = problem.x_b + B.sqrt(w_a)
-    diagnostics = {"solver": "analytical", "form": form, "n_obs": problem.n_obs, "n_state": n,
-                   "ranks": comm.size, **_chi2(chi2, problem.n_obs), "dofs": dofs}
+    d = problem.departures()[:, None]
+    fac = factorise(problem.H.jacobian_local(), B, problem.R.variance(), comm, n_obs=problem.n_obs, form=form)
+    log.info("analytical solver, %s-space form (%d state elements, %d observations)", fac.form, B.size, problem.n_obs)
+    x_a = problem.x_b + fac.increments(d)[:, 0]
+    A = fac.posterior_covariance()
+    diagnostics = {"solver": "analytical", "form": fac.form, "n_obs": problem.n_obs, "n_state": B.size,
+                   "ranks": comm.size, **_chi2(float(fac.quadratic(d)[0]), problem.n_obs), "dofs": fac.dofs()}
     return Posterior(x_b=problem.x_b, x_a=x_a, B=B, covariance=DensePosteriorCovariance(0.5 * (A + A.T)),
                      diagnostics=diagnostics)
 
 
-def _hessian(problem: Problem, r_inv: np.ndarray):
+def hessian_operator(problem: Problem, r_inv: np.ndarray):
     """v ↦ (I + G) v for a vector or a block of columns."""
     B, H = problem.B, problem.H
 
@@ -111,7 +78,7 @@ def solve_variational(problem: Problem, *, tolerance: float = 1e-8, max_iteratio
     comm, B, H = problem.comm, problem.B, problem.H
     d, r_inv, dRd = _common(problem)
     b = B.sqrt_T(H.rmatvec(r_inv * d))
-    apply = _hessian(problem, r_inv)
+    apply = hessian_operator(problem, r_inv)
     log.info("variational solver: CG-Lanczos on I + G (%d state elements, %d observations, tol %.1e, ≤ %d "
              "iterations)", B.size, problem.n_obs, tolerance, max_iterations)
     with Progress(comm, "CG iterations", max_iterations) as bar:

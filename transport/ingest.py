@@ -473,8 +473,7 @@ def ingest_part(out: Path, k: int, files: list[tuple[int, Path]], grid: Grid, ti
             a.mapped.boundary, a.mapped.boundary_missing = None, "its boundary heights differ from the other records'"
     if options.boundary == "require":
         keep = [a for a in accepted if a.mapped.boundary is not None]
-        rejected.extend((a.source, a.receptor.obs_id, f"no boundary sensitivities ({a.mapped.boundary_missing}) "
-                         "and --boundary require")
+        rejected.extend((a.source, a.receptor.obs_id, f"no boundary sensitivities ({a.mapped.boundary_missing}); --boundary require")
                         for a in accepted if a.mapped.boundary is None)
         accepted = keep
     n_with = sum(a.mapped.boundary is not None for a in accepted)
