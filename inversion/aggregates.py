@@ -23,6 +23,22 @@ keeps its prior).  A mask gives no sub-cell geometry, so o has two cases:
 
 The whole-run total is the duration-weighted mean of the period totals; the row ``ALL`` sums
 all report regions (the region-covered part of the domain).
+
+Rows may cover other intervals than the state periods (``intervals``, tiling the run on
+flux-step boundaries): Φ_s then averages over the steps of interval i that lie in period p,
+Φ_s[i, p, c] = Σ_{t∈i∩p} φ_s(t, c) Δt / T_i, and a[s, p, r] of row i gathers every period the
+interval overlaps — exact also when a state period straddles, e.g., a year boundary.  Any
+total over a union of such intervals is then exactly a linear combination of their rows
+(:func:`combine`): the duration-weighted mean over report period P,
+
+    T_P = Σ_i W[P, i] T_i,   W[P, i] = |i ∩ P| / Σ_j |j ∩ P|,
+
+(annual, monthly, whole-run totals: :func:`mean_weights`), a multi-year mean (equal weights
+over years) or the least-squares linear trend of a series of totals T_k at times t_k (years),
+
+    slope = Σ_k w_k T_k,   w_k = (t_k − t̄) / Σ_j (t_j − t̄)²     (:func:`trend_weights`),
+
+each with mean W μ and covariance W Σ Wᵀ from the rows' mean μ and covariance Σ.
 """
 
 from __future__ import annotations
@@ -58,6 +74,30 @@ class Aggregates:
 
     def whole_run_rows(self) -> np.ndarray:
         return np.flatnonzero(self.period == WHOLE_RUN)
+
+    def take(self, rows) -> "Aggregates":
+        """The rows ``rows`` (indices or a boolean mask), in that order."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.int64)
+        return Aggregates(region=tuple(self.region[k] for k in rows), period=self.period[rows], start=self.start[rows],
+                          end=self.end[rows], matrix=self.matrix[rows], offset=self.offset[rows])
+
+
+def concatenate(parts: list[Aggregates]) -> Aggregates:
+    """The rows of every part, one after the other."""
+    return Aggregates(region=tuple(r for a in parts for r in a.region),
+                      period=np.concatenate([a.period for a in parts]), start=np.concatenate([a.start for a in parts]),
+                      end=np.concatenate([a.end for a in parts]), matrix=np.vstack([a.matrix for a in parts]),
+                      offset=np.concatenate([a.offset for a in parts]))
+
+
+def combine(agg: Aggregates, weights: np.ndarray, *, region, period, start, end) -> Aggregates:
+    """Totals that are linear combinations of ``agg``'s rows: T' = W T (matrix W M, offset W c),
+    labelled by ``region``, ``period``, ``start`` and ``end`` (one per row of W)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != agg.size:
+        raise ValueError(f"weights must have shape (n, {agg.size}), got {weights.shape}")
+    return Aggregates(region=tuple(region), period=np.asarray(period), start=np.asarray(start),
+                      end=np.asarray(end), matrix=weights @ agg.matrix, offset=weights @ agg.offset)
 
 
 def region_totals(state: StateSpace, report: Regions | None = None) -> Aggregates:

@@ -2,7 +2,8 @@
 
 Under MPI launch it as ``mpiexec -n N python -m mpi4py -m inversion run CONFIG`` so an
 unhandled exception on one rank aborts the job instead of hanging it.  Exit codes: 0 done,
-2 bad input or configuration (message names the file, variable and fix), 1 other failure.
+2 bad input or configuration (message names the file, variable and fix), 1 other failure,
+75 (EX_TEMPFAIL) stopped on request after writing a checkpoint (``tanhui run``; rerun to resume).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from .progress import log, setup_logging
 
     comm = world(getattr(args, "comm", "serial"))
-    setup_logging(comm, args.verbose)
+    setup_logging(comm, args.verbose, getattr(args, "log_dir", None))
     _blas_threads(comm)
     command = {m.NAME: m for m in COMMAND_MODULES}[args.command]
     try:

@@ -82,6 +82,12 @@ class GridConfig(_Section):
     dlat: float
     dlon: float
 
+    def to_grid(self):
+        """The :class:`transport.grid.Grid` these edges and spacings describe."""
+        from transport.grid import Grid
+
+        return Grid.regular(self.lat_min, self.lat_max, self.lon_min, self.lon_max, self.dlat, self.dlon)
+
 
 class TransportConfig(_Section):
     footprints: Path
@@ -434,6 +440,10 @@ class SolverConfig(_Section):
     tolerance: float = 1e-8
     max_iterations: int = 500
     reorthogonalize: bool = True
+    # Variational solver checkpoint: every N CG iterations (0: only when stopped by SIGTERM/SIGUSR1,
+    # a STOP file or --stop-after), in checkpoint_dir (default <run.output_dir>/checkpoint).
+    checkpoint_every: int = 10
+    checkpoint_dir: Path | None = None
 
     @field_validator("tolerance")
     @classmethod
@@ -447,6 +457,13 @@ class SolverConfig(_Section):
     def _iters(cls, v: int) -> int:
         if v < 1:
             raise ValueError("max_iterations must be ≥ 1")
+        return v
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _every(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("checkpoint_every must be ≥ 0 (0: checkpoint only when stopped)")
         return v
 
 
@@ -669,6 +686,7 @@ class Config(_Section):
 
 _PATH_KEYS = {
     ("run", "output_dir"),
+    ("solver", "checkpoint_dir"),
     ("transport", "footprints"),
     ("observations", "file"),
     ("prior", "file"),

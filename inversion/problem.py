@@ -24,7 +24,6 @@ import numpy as np
 import xarray as xr
 
 from transport.errors import InputError
-from transport.grid import Grid
 from transport.operator import FootprintOperator
 from transport.store import FootprintStore
 from transport.units import MOLE_FRACTION_UNITS, parse_quantity
@@ -135,7 +134,7 @@ def _check_grid(config: Config, store: FootprintStore) -> None:
     if config.grid is None:
         return
     g = config.grid
-    expected = Grid.regular(g.lat_min, g.lat_max, g.lon_min, g.lon_max, g.dlat, g.dlon)
+    expected = g.to_grid()
     if not store.grid.same_as(expected):
         raise InputError(store.path, "grid", f"footprint grid ({store.grid.describe()}) differs from [grid] in "
                          f"{config.source} ({expected.describe()})", "fix [grid] or use footprints on that grid")

@@ -1,6 +1,8 @@
 """Logging and progress: rich on rank 0 in a terminal, plain periodic lines otherwise.
 
 Only rank 0 shows progress; every rank logs warnings and errors with its rank in the prefix.
+With a log directory every rank also writes everything it logs (INFO, or DEBUG with
+``--verbose``) to ``LOG_DIR/rank-K.log`` — where to look when one rank of a job failed.
 """
 
 from __future__ import annotations
@@ -8,14 +10,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 log = logging.getLogger("tanhui")
 
 
-def setup_logging(comm, verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    if not comm.is_root:
-        level = logging.WARNING
+def setup_logging(comm, verbose: bool = False, log_dir: Path | None = None) -> None:
+    file_level = logging.DEBUG if verbose else logging.INFO
+    level = file_level if comm.is_root else logging.WARNING
     prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
     if comm.is_root and sys.stderr.isatty():
         from rich.logging import RichHandler
@@ -25,9 +27,18 @@ def setup_logging(comm, verbose: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(message)s", "%H:%M:%S"))
+    handler.setLevel(level)
+    handlers = [handler]
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        per_rank = logging.FileHandler(Path(log_dir) / f"rank-{comm.rank}.log", encoding="utf-8")
+        per_rank.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [rank {comm.rank}/{comm.size}] "
+                                                "%(message)s", "%Y-%m-%dT%H:%M:%S"))
+        per_rank.setLevel(file_level)
+        handlers.append(per_rank)
     root = logging.getLogger("tanhui")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.handlers[:] = handlers
+    root.setLevel(min(level, file_level if log_dir is not None else level))
     root.propagate = False
 
 

@@ -18,10 +18,13 @@ DOFS = trace(G (I + G)⁻¹).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from scipy import stats
 
 from .aggregates import Aggregates
+from .checkpoint import Checkpointer, Stopped
 from .krylov import block_cg, cg_lanczos, deflated_guess
 from .factorisation import factorise
 from .posterior import DensePosteriorCovariance, LowRankPosteriorCovariance, Posterior
@@ -74,20 +77,28 @@ def hessian_operator(problem: Problem, r_inv: np.ndarray):
 
 
 def solve_variational(problem: Problem, *, tolerance: float = 1e-8, max_iterations: int = 500,
-                      reorthogonalize: bool = True, aggregates: Aggregates | None = None, **_ignored) -> Posterior:
+                      reorthogonalize: bool = True, aggregates: Aggregates | None = None,
+                      checkpoint: Checkpointer | None = None, **_ignored) -> Posterior:
+    """Collective.  With ``checkpoint``: resume from its saved CG state when there is one, save
+    every ``checkpoint.every`` iterations and at convergence, and when any rank is asked to stop
+    (SIGTERM/SIGUSR1, STOP file) save and raise :class:`inversion.checkpoint.Stopped`."""
     comm, B, H = problem.comm, problem.B, problem.H
     d, r_inv, dRd = _common(problem)
     b = B.sqrt_T(H.rmatvec(r_inv * d))
     apply = hessian_operator(problem, r_inv)
     log.info("variational solver: CG-Lanczos on I + G (%d state elements, %d observations, tol %.1e, ≤ %d "
              "iterations)", B.size, problem.n_obs, tolerance, max_iterations)
-    with Progress(comm, "CG iterations", max_iterations) as bar:
+    start = checkpoint.load(B.size) if checkpoint is not None else None
+    with Progress(comm, "CG iterations", max_iterations) as bar, \
+            (checkpoint.stop if checkpoint is not None else contextlib.nullcontext()):
         def callback(state) -> bool:
             bar.update(state.iteration, f"‖r‖/‖b‖ = {state.residual_norms[-1]:.2e}")
-            return False
+            return checkpoint is not None and checkpoint.after_iteration(state)
 
         res = cg_lanczos(apply, b, tol=tolerance, max_iter=max_iterations, reorthogonalize=reorthogonalize,
-                         callback=callback)
+                         state=start, callback=callback)
+    if res.reason == "interrupted":
+        raise Stopped(checkpoint.path, res.iterations, checkpoint.stop_reason or "requested")
     if not res.converged:
         log.warning("CG did not converge: %s after %d iterations (‖r‖/‖b‖ = %.2e > %.1e); the posterior is "
                     "approximate — raise solver.max_iterations", res.reason, res.iterations,
@@ -119,8 +130,8 @@ def solve_variational(problem: Problem, *, tolerance: float = 1e-8, max_iteratio
 SOLVERS = {"analytical": solve_analytical, "variational": solve_variational}
 
 
-def solve(problem: Problem, aggregates: Aggregates | None = None) -> Posterior:
-    """Run the solver named in the configuration."""
+def solve(problem: Problem, aggregates: Aggregates | None = None, checkpoint: Checkpointer | None = None) -> Posterior:
+    """Run the solver named in the configuration (``checkpoint``: see :func:`solve_variational`)."""
     cfg = problem.config.solver
     return SOLVERS[cfg.method](problem, form=cfg.form, tolerance=cfg.tolerance, max_iterations=cfg.max_iterations,
-                               reorthogonalize=cfg.reorthogonalize, aggregates=aggregates)
+                               reorthogonalize=cfg.reorthogonalize, aggregates=aggregates, checkpoint=checkpoint)

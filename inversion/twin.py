@@ -92,7 +92,7 @@ def _grid(config: Config) -> Grid:
     if config.grid is None:
         raise InputError(config.source, "grid", "a twin case needs a [grid] section", "add lat/lon limits and spacing")
     g = config.grid
-    return Grid.regular(g.lat_min, g.lat_max, g.lon_min, g.lon_max, g.dlat, g.dlon)
+    return g.to_grid()
 
 
 def _receptors(config: Config, twin: TwinConfig, grid: Grid) -> xr.Dataset:

@@ -6,9 +6,11 @@ the modules in ``COMMAND_MODULES``.  Heavy imports happen inside ``main`` so tha
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DEFAULT_CASE = "cases/demo"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_CHECKPOINTED = 75  # EX_TEMPFAIL: stopped on request after a checkpoint; rerun to resume
 
 
 def add_case_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,3 +20,5 @@ def add_case_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--comm", choices=["auto", "serial", "mpi"], default="auto",
                         help="communicator: MPI when launched by mpiexec/srun (auto), or force one")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-dir", type=Path, metavar="DIR",
+                        help="also write each rank's log to DIR/rank-K.log (e.g. logs/$SLURM_JOB_ID)")

@@ -91,28 +91,9 @@ def _is_config(path: Path) -> bool:
 
 
 def _grid(spec: str):
-    from transport.errors import InputError
-    from transport.grid import Grid
-    from transport.ingest import grid_from_file
+    from ..gridspec import grid_from_spec
 
-    from ..config import load_config
-
-    path = Path(spec)
-    if path.exists():
-        if _is_config(path):
-            config = load_config(path)
-            if config.grid is None:
-                raise InputError(config.source, "grid", "the configuration has no [grid] section", "Give --grid explicitly")
-            return Grid.regular(**config.grid.model_dump())
-        return grid_from_file(path)[0]
-    try:
-        numbers = [float(v) for v in spec.split(",")]
-        if len(numbers) != 6:
-            raise ValueError(f"{len(numbers)} numbers")
-        return Grid.regular(*numbers)
-    except ValueError as exc:
-        raise InputError(None, "--grid", f"{spec!r} is neither a file nor LAT_MIN,LAT_MAX,LON_MIN,LON_MAX,DLAT,DLON ({exc})",
-                         "e.g. --grid 10.612,79.174,-98.076,39.556,0.234,0.352 or --grid footprint.nc") from exc
+    return grid_from_spec(spec)
 
 
 def _time_axis(spec: str):

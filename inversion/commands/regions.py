@@ -58,7 +58,8 @@ def main(args, comm) -> int:
 def _build(args) -> int:
     from transport.errors import InputError
 
-    from ..masks.build import DEFAULT_OVERLAP_TOLERANCE, build_masks, grid_like, parse_grid, write_masks
+    from ..gridspec import grid_like, parse_grid
+    from ..masks.build import DEFAULT_OVERLAP_TOLERANCE, build_masks, write_masks
     from ..progress import log
 
     t0 = time.perf_counter()

@@ -1,4 +1,10 @@
-"""``tanhui run``: validate every input, build H, B, R, solve, write the outputs."""
+"""``tanhui run``: validate every input, build H, B, R, solve, write the outputs.
+
+Exit codes: 0 done; 75 (EX_TEMPFAIL) the variational solve was stopped (SIGTERM/SIGUSR1, a STOP
+file, ``--stop-after``) after writing a checkpoint — run the same command again to resume; 2 bad
+input or configuration (including a checkpoint of a different run); 1 any other failure (under
+MPI the job is aborted, and every rank's log names the failing rank and the last checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from . import EXIT_OK, add_case_arguments
+from . import EXIT_CHECKPOINTED, EXIT_OK, add_case_arguments
 
 NAME = "run"
 HELP = "run the inversion of a case and write its outputs"
@@ -21,11 +27,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, help="override run.output_dir")
     parser.add_argument("--solver", choices=["analytical", "variational"], help="override solver.method")
     parser.add_argument("--overwrite", action="store_true", help="replace another run's outputs in the output dir")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard a checkpoint of the variational solve instead of resuming from it")
+    parser.add_argument("--stop-after", type=int, metavar="N",
+                        help="checkpoint and stop (exit 75) once N CG iterations are done in total: splits a long "
+                             "solve over several jobs, or rehearses a preemption")
+    parser.epilog = ("The variational solver resumes automatically from a valid checkpoint in solver.checkpoint_dir "
+                     "(default OUTPUT_DIR/checkpoint). Exit codes: 0 done, 75 checkpointed and stopped (rerun to "
+                     "resume), 2 bad input, 1 failure.")
 
 
 def main(args, comm) -> int:
     from ..aggregates import WHOLE_RUN, region_totals, report_unit
-    from ..config import load_config, provenance
+    from ..checkpoint import STOP_FILE, Checkpointer, Stopped, StopRequest, describe_files, fingerprint
+    from transport.errors import InputError
+
+    from ..config import ConfigError, load_config, provenance
     from ..outputs import check_output_dir, site_statistics, totals_table, write_outputs
     from ..problem import build_problem, open_inputs, read_truth
     from ..progress import log
@@ -42,17 +59,41 @@ def main(args, comm) -> int:
         config = config.model_copy(update={"solver": config.solver.model_copy(update={"method": args.solver})})
     out_dir = config.run.output_dir
     check_output_dir(out_dir, args.overwrite)
-    inputs = open_inputs(config, comm)
-    truth = read_truth(config, inputs.state)
-    t_inputs = time.perf_counter()
-    problem = build_problem(config, comm, inputs)
-    t_build = time.perf_counter()
-    aggregates = region_totals(problem.state, inputs.report_regions)
-    posterior = solve(problem, aggregates)
+    hashes = comm.bcast(provenance(config) if comm.is_root else None)
+    checkpointer = None
+    if config.solver.method == "variational":
+        directory = config.solver.checkpoint_dir or out_dir / "checkpoint"
+        stop = StopRequest(stop_file=directory / STOP_FILE, stop_after=args.stop_after, check_file=comm.is_root)
+        checkpointer = Checkpointer(directory, comm, fingerprint(config, hashes), every=config.solver.checkpoint_every,
+                                    stop=stop, files=describe_files(config))
+        if args.restart:
+            checkpointer.remove()
+            comm.barrier()
+        elif checkpointer.check():
+            log.info("a checkpoint of this run exists: the solve resumes from %s", checkpointer.path)
+    try:
+        inputs = open_inputs(config, comm)
+        truth = read_truth(config, inputs.state)
+        t_inputs = time.perf_counter()
+        problem = build_problem(config, comm, inputs)
+        t_build = time.perf_counter()
+        aggregates = region_totals(problem.state, inputs.report_regions)
+        posterior = solve(problem, aggregates, checkpoint=checkpointer)
+    except Stopped as exc:
+        log.warning("%s: rerun the same command (or requeue the job) to resume; exit code %d", exc,
+                    EXIT_CHECKPOINTED)
+        return EXIT_CHECKPOINTED
+    except (InputError, ConfigError):
+        raise  # reported by the CLI with the file, variable and fix
+    except Exception as exc:
+        # Every rank's log (and per-rank file with --log-dir) says who failed, what, and what survives.
+        saved = (f"last checkpoint {checkpointer.path} (iteration {checkpointer.last_saved})"
+                 if checkpointer is not None and checkpointer.last_saved is not None else "no checkpoint written")
+        log.error("rank %d of %d failed: %s: %s; %s", comm.rank, comm.size, type(exc).__name__, exc, saved)
+        raise
     t_solve = time.perf_counter()
     sites = site_statistics(problem, posterior)
     if comm.is_root:
-        hashes = provenance(config)
         rows = totals_table(config, aggregates, posterior, truth)
         diagnostics = {**posterior.diagnostics, "sites": sites, "tanhui_version": __version__,
                        "timings_s": {"validate_inputs": t_inputs - t0, "build_problem": t_build - t_inputs,
@@ -64,6 +105,8 @@ def main(args, comm) -> int:
         _print_summary(config, rows, posterior.diagnostics, truth is not None, report_unit(config.run.species)[0],
                        WHOLE_RUN)
         log.info("outputs written to %s (%.1f s)", out_dir, time.perf_counter() - t0)
+    if checkpointer is not None:
+        checkpointer.remove()
     comm.barrier()
     return EXIT_OK
 

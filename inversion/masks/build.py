@@ -33,7 +33,8 @@ from transport.grid import Grid
 from transport.regrid import ConservativeRegridder
 
 from .. import __version__
-from ..io import coordinate, open_netcdf, require_variables, write_netcdf
+from ..gridspec import netcdf_grid
+from ..io import open_netcdf, require_variables, write_netcdf
 from ..parallel import SerialComm
 from ..progress import Progress, log
 
@@ -53,49 +54,6 @@ class Masks:
     grid: Grid
     sources: tuple[str, ...]
     provenance: dict[str, str]
-
-
-def parse_grid(text: str) -> Grid:
-    """``lat_min,lat_max,lon_min,lon_max,dlat,dlon`` (cell edges and spacing, degrees)."""
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    try:
-        values = [float(p) for p in parts]
-        if len(values) != 6:
-            raise ValueError(f"expected 6 numbers, got {len(values)}")
-        return Grid.regular(*values)
-    except ValueError as exc:
-        raise InputError(None, "--grid", f"{text!r}: {exc}",
-                         "write lat_min,lat_max,lon_min,lon_max,dlat,dlon, e.g. 15,55,73,136,0.5,0.5") from None
-
-
-def grid_like(path: Path) -> tuple[Grid, str]:
-    """The inversion grid of a case (config TOML or directory: its [grid], else its footprint
-    store), of a footprint store (.h5) or of a NetCDF file with lat/lon; and a description."""
-    from transport.store import FootprintStore
-
-    path = Path(path)
-    if path.is_dir() or path.suffix == ".toml":
-        from ..config import load_config
-
-        config = load_config(path)
-        if config.grid is not None:
-            g = config.grid
-            return Grid.regular(g.lat_min, g.lat_max, g.lon_min, g.lon_max, g.dlat, g.dlon), f"[grid] of {config.source}"
-        return FootprintStore(config.transport.footprints).grid, str(config.transport.footprints)
-    if path.suffix in (".h5", ".hdf5"):
-        return FootprintStore(path).grid, str(path)
-    return _netcdf_grid(open_netcdf(path, "grid template"), path), str(path)
-
-
-def _netcdf_grid(ds: xr.Dataset, path: Path) -> Grid:
-    lat = coordinate(ds, path, ("lat", "latitude"))
-    lon = coordinate(ds, path, ("lon", "longitude"))
-    try:
-        if "lat_bnds" in ds and "lon_bnds" in ds:
-            return Grid(lat=lat, lon=lon, lat_bounds=ds["lat_bnds"].values, lon_bounds=ds["lon_bnds"].values)
-        return Grid.from_centres(lat, lon)
-    except ValueError as exc:
-        raise InputError(path, "lat/lon", f"not a usable lat/lon grid ({exc})", "give a rectilinear grid") from None
 
 
 # ---- sources ------------------------------------------------------------------------------
@@ -134,7 +92,7 @@ def _mask_file(path: Path, grid: Grid) -> tuple[list[str], list[str], list[np.nd
     fraction = np.asarray(var.values, dtype=np.float64)
     if not np.all(np.isfinite(fraction)) or fraction.min() < 0 or fraction.max() > 1 + 1e-6:
         raise InputError(path, "region_fraction", "values are NaN or outside [0, 1]", "fractions must lie in [0, 1]")
-    source_grid = _netcdf_grid(ds, path)
+    source_grid = netcdf_grid(ds, path)
     if source_grid.same_as(grid):
         return names, codes, list(fraction), area
     regrid = ConservativeRegridder(source_grid, grid)

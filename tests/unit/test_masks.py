@@ -16,7 +16,8 @@ import xarray as xr
 shapely = pytest.importorskip("shapely", reason="building masks needs the regions extra (shapely)")
 from shapely.geometry import MultiPolygon, Polygon, box  # noqa: E402
 
-from inversion.masks.build import build_masks, grid_like, parse_grid, write_masks  # noqa: E402
+from inversion.gridspec import grid_like, parse_grid  # noqa: E402
+from inversion.masks.build import build_masks, write_masks  # noqa: E402
 from inversion.masks.fraction import region_fraction, region_fractions, resolve_overlaps  # noqa: E402
 from inversion.masks.shapes import shape_from_lonlat  # noqa: E402
 from inversion.regions import read_regions  # noqa: E402

@@ -1,0 +1,1 @@
+"""Benchmarks of tanhui against the hardware bounds measured in the same run: ``python -m benchmarks --help``."""
