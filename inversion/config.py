@@ -348,8 +348,8 @@ class PriorConfig(_Section):
                 for name in self.optimised + self.fixed}
 
     def sigma_of(self, sector: str, covariance: "CovarianceConfig") -> float:
-        """Prior σ of ``sector``: ``covariance.sector_sigma`` (e.g. from ``tanhui tune``) overrides
-        the sector's ``sigma``, which overrides ``covariance.sigma``."""
+        """Prior σ of ``sector``: ``covariance.sector_sigma`` (e.g. from ``tanhui tune``) or the
+        sector's own ``sigma`` (setting both is refused), else ``covariance.sigma``."""
         if sector in covariance.sector_sigma:
             return covariance.sector_sigma[sector]
         table = self.sectors.get(sector)
@@ -467,13 +467,51 @@ class SolverConfig(_Section):
         return v
 
 
+REPORT_PERIOD_KINDS = ("period", "monthly", "annual", "run")
+
+
 class ReportConfig(_Section):
-    """Optional truth (twin experiments) printed and written beside the posterior, and the
-    regions whose totals are reported when they differ from the state regions (e.g. state =
-    grid-cell clusters, report = provinces)."""
+    """Optional truth (twin experiments) printed and written beside the posterior, the regions
+    whose totals are reported when they differ from the state regions (e.g. state = grid-cell
+    clusters, report = provinces), and what the national sink report (:mod:`inversion.report`)
+    shows: the reported quantity (``sectors`` summed; default all, the net flux), the periods
+    of its tables (``periods``: state periods, calendar months, calendar years, the whole run),
+    the inventory table compared with it (``inventory``, rows of ``inventory_category``) and
+    the sentence saying what is compared (``comparable_quantity``); the percentiles of the
+    PARIS files and the attributes they need."""
 
     truth: Path | None = None
     regions: Path | None = None
+    sectors: list[str] = []
+    periods: list[Literal["period", "monthly", "annual", "run"]] = ["annual"]
+    inventory: Path | None = None
+    inventory_category: str | None = None
+    comparable_quantity: str | None = None
+    percentiles: list[float] = [0.025, 0.975]
+    institution: str = "not stated"
+    license: str = "not stated"
+    transport_model: str = "not stated"
+
+    @field_validator("periods")
+    @classmethod
+    def _periods(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"periods must list distinct kinds among {', '.join(REPORT_PERIOD_KINDS)}")
+        return v
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < q < 1 for q in v) or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("percentiles must be increasing probabilities in (0, 1), e.g. [0.025, 0.975]")
+        return v
+
+    @field_validator("sectors")
+    @classmethod
+    def _sectors(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("report.sectors lists a sector twice")
+        return v
 
 
 HYPER_KINDS = ("sigma", "correlation_length", "correlation_time", "mismatch")
@@ -657,6 +695,20 @@ class Config(_Section):
         if unknown:
             raise ValueError(f"covariance.sector_sigma / hyper.estimate name sectors that are not optimised: "
                              f"{', '.join(unknown)} (prior.optimised = {self.prior.optimised})")
+        # One σ per sector in one place: the same sector's σ in two tables would be ambiguous.
+        twice = sorted(s for s in self.covariance.sector_sigma
+                       if s in self.prior.sectors and self.prior.sectors[s].sigma is not None)
+        if twice:
+            raise ValueError(f"the prior σ of sector(s) {', '.join(twice)} is set both in covariance.sector_sigma "
+                             f"and in [prior.sectors.<name>] sigma: keep one")
+        return self
+
+    @model_validator(mode="after")
+    def _report_sectors_known(self) -> "Config":
+        unknown = sorted(set(self.report.sectors) - set(self.prior.optimised) - set(self.prior.fixed))
+        if unknown:
+            raise ValueError(f"report.sectors names sectors that are not in the prior: {', '.join(unknown)} "
+                             f"(sectors: {self.prior.optimised + self.prior.fixed})")
         return self
 
     def input_paths(self) -> dict[str, Path]:
@@ -681,6 +733,8 @@ class Config(_Section):
             paths["report.truth"] = self.report.truth
         if self.report.regions is not None:
             paths["report.regions"] = self.report.regions
+        if self.report.inventory is not None:
+            paths["report.inventory"] = self.report.inventory
         return paths
 
 
@@ -693,6 +747,7 @@ _PATH_KEYS = {
     ("state", "regions"),
     ("report", "truth"),
     ("report", "regions"),
+    ("report", "inventory"),
 }
 _PATH_LIST_KEYS = {("background", "curtains"), ("background", "series")}  # lists of paths
 _SOURCE_TABLES = ("observations", "sources")  # array of tables, each with a path under "file"

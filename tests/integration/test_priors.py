@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 
 from inversion.cli import main
-from inversion.config import CONFIG_NAME, load_config
+from inversion.config import CONFIG_NAME, ConfigError, load_config
 from inversion.inventories import map_sector, open_sector
 from inversion.outputs import OUTPUT_FILES
 from inversion.parallel import SerialComm
@@ -131,10 +131,20 @@ def test_sectors_and_per_sector_sigma_reach_B(problem):
     np.testing.assert_allclose(variance[2 * n:], (1e-6) ** 2, rtol=1e-12)  # background offsets, 1 ppm
 
 
-def test_covariance_sector_sigma_overrides_a_sectors_sigma(case, tmp_path):
+def test_a_sectors_sigma_in_two_places_is_refused(case, tmp_path):
     copy = Path(shutil.copytree(case, tmp_path / "case", ignore=shutil.ignore_patterns("output")))
     path = copy / CONFIG_NAME
     path.write_text(path.read_text().replace("[covariance]\n", "[covariance]\nsector_sigma = { fire = 2.0 }\n"))
+    with pytest.raises(ConfigError, match=r"sector\(s\) fire is set both in covariance.sector_sigma"):
+        load_config(copy)
+
+
+def test_covariance_sector_sigma_sets_a_sector_without_its_own_sigma(case, tmp_path):
+    copy = Path(shutil.copytree(case, tmp_path / "case", ignore=shutil.ignore_patterns("output")))
+    path = copy / CONFIG_NAME
+    text = path.read_text()
+    assert "sigma = 1.5" in text  # the fire sector's own σ, removed here
+    path.write_text(text.replace("sigma = 1.5\n", "", 1).replace("[covariance]\n", "[covariance]\nsector_sigma = { fire = 2.0 }\n"))
     problem = build_problem(load_config(copy), SerialComm())
     n = problem.state.n_period * problem.state.n_region
     np.testing.assert_allclose(problem.B.variance()[:2 * n], np.repeat([0.8**2, 2.0**2], n), rtol=1e-14)
