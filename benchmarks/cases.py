@@ -129,7 +129,7 @@ method = "{method}"
 tolerance = {size.tolerance}
 max_iterations = {size.max_iterations}
 """
-    twin = [f"seed = 20261124", f"flux_step_hours = {size.flux_step_hours}", f"back_hours = {size.back_hours}",
+    twin = ["seed = 20261124", f"flux_step_hours = {size.flux_step_hours}", f"back_hours = {size.back_hours}",
             f"obs_hours_utc = {_toml_value(list(size.obs_hours))}", 'measurement_uncertainty = "0.2 ppm"',
             'background = "420 ppm"', f"region_blocks = {_toml_value(list(size.region_blocks))}", ""]
     for site in _sites(size):

@@ -2,12 +2,15 @@
 
     python benchmarks/ingest_stilt.py [--files 2000] [--ranks 2] [--dir /tmp/tanhui-bench-stilt]
 
+(also the ingestion benchmark of ``python -m benchmarks``, through :func:`measure`).
+
 Writes ``--files`` time-resolved R-STILT v2 footprints (24 hourly slots on a 50 × 50 grid of
 0.1°, ~2/3 of the cells zero, float32, the real variable names and attributes) for 10 sites,
 then runs ``tanhui footprints ingest`` on them serially and under ``mpiexec -n RANKS`` (fresh
 output each time, so no part is skipped) onto 3-hourly flux steps, and prints files/s and
 MB/s (input bytes / wall time of the whole command, start-up included) and the MPI/serial
-speed-up.  Prints figures; asserts nothing but that both stores are identical.
+speed-up.  The input files are dropped from the page cache before each run (a cold read).
+Prints figures; asserts nothing but that both stores are identical.
 """
 
 from __future__ import annotations
@@ -66,48 +69,68 @@ def contents(path: Path) -> dict:
     return out
 
 
+def measure(directory: Path, n_files: int, ranks: tuple[int, ...] = (1, 2), *, cold: bool = True) -> dict:
+    """Write ``n_files`` STILT files under ``directory`` (kept when already there), then ingest
+    them with each number of ``ranks`` (fresh output each time) and check the stores are
+    identical.  With ``cold``, the input files are dropped from the page cache before each
+    run (``posix_fadvise``), so the read is from disk.  Returns the input size and, per rank
+    count, the wall time of the whole command and the ingestion seconds of each rank."""
+    from benchmarks.bounds import drop_from_page_cache
+
+    inputs = directory / "inputs"
+    if not inputs.is_dir() or len(list(inputs.rglob("*_foot.nc"))) != n_files:
+        shutil.rmtree(directory, ignore_errors=True)
+        write_files(inputs, n_files)
+    files = sorted(inputs.rglob("*_foot.nc"))
+    n_bytes = sum(f.stat().st_size for f in files)
+    manifest = directory / "manifest.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_"))}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    run([sys.executable, "-m", "inversion", "footprints", "manifest", str(inputs / "*" / "*_foot.nc"), "--out",
+         str(manifest)], env)
+    common = ["ingest", str(manifest), "--grid", "40,45,-113,-108,0.1,0.1", "--time", "2015-06-01,2015-06-12,3h"]
+    out: dict = {"files": len(files), "bytes": n_bytes, "runs": {}}
+    stores = []
+    for n in ranks:
+        prefix = [sys.executable, "-m", "inversion", "footprints"] if n == 1 else \
+            [shutil.which("mpiexec") or "mpiexec", "-n", str(n), sys.executable, "-m", "mpi4py", "-m", "inversion",
+             "footprints"]
+        store = directory / f"store-{n}.h5"
+        shutil.rmtree(f"{store}.parts", ignore_errors=True)
+        store.unlink(missing_ok=True)
+        dropped = all(drop_from_page_cache(f) for f in files) if cold else False
+        load = os.getloadavg()[0]
+        seconds = run([*prefix, *common, "--out", str(store), "--comm", "serial" if n == 1 else "mpi"], env)
+        per_rank: dict[int, float] = {}
+        for meta in (json.loads(m.read_text()) for m in Path(f"{store}.parts").glob("part-*.json")):
+            per_rank[meta["rank"]] = per_rank.get(meta["rank"], 0.0) + meta["seconds"]
+        out["runs"][n] = {"seconds": seconds, "rank_seconds": [per_rank[r] for r in sorted(per_rank)],
+                          "store_bytes": store.stat().st_size, "cold": dropped, "load_before": load}
+        stores.append(store)
+    reference = contents(stores[0])
+    for other in stores[1:]:
+        c = contents(other)
+        assert sorted(c) == sorted(reference) and all(np.array_equal(c[k], reference[k]) for k in c), "stores differ"
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/tanhui-bench-stilt"))
     args = parser.parse_args()
-    inputs = args.dir / "inputs"
-    if not inputs.is_dir() or len(list(inputs.rglob("*_foot.nc"))) != args.files:
-        shutil.rmtree(args.dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        write_files(inputs, args.files)
-        print(f"wrote {args.files} files in {time.perf_counter() - t0:.1f} s")
-    files = sorted(inputs.rglob("*_foot.nc"))
-    n_bytes = sum(f.stat().st_size for f in files)
-    print(f"{len(files)} files, {n_bytes / 1e6:.1f} MB ({n_bytes / len(files) / 1e3:.1f} kB each), "
+    result = measure(args.dir, args.files, (1, args.ranks))
+    n_files, n_bytes = result["files"], result["bytes"]
+    print(f"{n_files} files, {n_bytes / 1e6:.1f} MB ({n_bytes / n_files / 1e3:.1f} kB each), "
           f"{N_SLOT} hourly slots on {LAT.size} × {LON.size} cells")
-    manifest = args.dir / "manifest.txt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_"))}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    tanhui = [sys.executable, "-m", "inversion", "footprints"]
-    run([*tanhui, "manifest", str(inputs / "*" / "*_foot.nc"), "--out", str(manifest)], env)
-    common = ["ingest", str(manifest), "--grid", "40,45,-113,-108,0.1,0.1", "--time", "2015-06-01,2015-06-12,3h"]
-    results = {}
-    for label, prefix, n in (("serial", [sys.executable, "-m", "inversion", "footprints"], 1),
-                             (f"{args.ranks} MPI ranks", [shutil.which("mpiexec") or "mpiexec", "-n", str(args.ranks),
-                                                          sys.executable, "-m", "mpi4py", "-m", "inversion", "footprints"],
-                              args.ranks)):
-        out = args.dir / f"store-{n}.h5"
-        shutil.rmtree(f"{out}.parts", ignore_errors=True)
-        out.unlink(missing_ok=True)
-        load = os.getloadavg()[0]
-        seconds = run([*prefix, *common, "--out", str(out), "--comm", "serial" if n == 1 else "mpi"], env)
-        results[label] = (seconds, out)
-        per_rank = {}
-        for meta in (json.loads(m.read_text()) for m in Path(f"{out}.parts").glob("part-*.json")):
-            per_rank[meta["rank"]] = per_rank.get(meta["rank"], 0.0) + meta["seconds"]
-        print(f"{label:>12}: {seconds:6.1f} s  {len(files) / seconds:7.1f} files/s  {n_bytes / 1e6 / seconds:6.2f} MB/s  "
-              f"(store {out.stat().st_size / 1e6:.1f} MB; parts {', '.join(f'{v:.1f}' for v in per_rank.values())} s "
-              f"per rank, the rest is start-up and the merge; load average before {load:.1f} on {os.cpu_count()} CPUs)")
-    (s1, a), (s2, b) = results.values()
-    ca, cb = contents(a), contents(b)
-    assert sorted(ca) == sorted(cb) and all(np.array_equal(ca[k], cb[k]) for k in ca), "stores differ"
+    for n, r in result["runs"].items():
+        seconds = r["seconds"]
+        print(f"{n:>3} rank(s): {seconds:6.1f} s  {n_files / seconds:7.1f} files/s  {n_bytes / 1e6 / seconds:6.2f} MB/s  "
+              f"(store {r['store_bytes'] / 1e6:.1f} MB; parts {', '.join(f'{v:.1f}' for v in r['rank_seconds'])} s "
+              f"per rank, the rest is start-up and the merge; load average before {r['load_before']:.1f} on "
+              f"{os.cpu_count()} CPUs)")
+    s1, s2 = (r["seconds"] for r in result["runs"].values())
     print(f"speed-up {s1 / s2:.2f}× on {args.ranks} ranks; the two stores are identical")
 
 

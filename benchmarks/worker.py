@@ -9,9 +9,11 @@ writing 5 to /proc/self/clear_refs), maximum over ranks:
 
 * ``build``: ``build_problem`` (reads and checks the store rows of this rank, forms H = K E);
 * analytical: ``solve`` (the library's analytical solver, end to end), then ``factorise``
-  alone (dense H rows, the Gram matrix and its Cholesky factor) for the ratio to the GEMM rate;
+  alone, as the solver calls it (state form: F = Hᵀ R⁻¹ H, G = Lᵀ F L, Cholesky; observation
+  form: H L, its Gram matrix, Cholesky), for the ratio to the GEMM rate;
 * variational: ``solve`` (CG-Lanczos to the configured tolerance, no aggregates), then
-  ``hessian``: the mean time of one I + G product (H and Hᵀ once each, B's square roots);
+  ``hessian``: the mean time of one I + G product (H and Hᵀ once each, B's square roots),
+  and ``allreduce``: the mean time of one state-sized allreduce (the adjoint's reduction);
 * naive (serial): the textbook dense formula x_a = x_b + B Hᵀ (H B Hᵀ + R)⁻¹ (y − H x_b),
   A = B − B Hᵀ (H B Hᵀ + R)⁻¹ H B with dense B and ``numpy.linalg.inv``.
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     H = problem.H
     result: dict[str, object] = {
         "task": args.task, "ranks": comm.size, "n_obs": problem.n_obs, "n_state": problem.B.size,
-        "n_sector": problem.state.n_sector,
+        "n_sector": problem.state.n_sector, "n_period": problem.state.n_period, "n_region": problem.state.n_region,
         "blas_threads": [i.get("num_threads") for i in threadpool_info() if i.get("user_api") == "blas"],
     }
     from transport.store import FootprintStore
@@ -126,14 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     # Bytes one H product streams: CSR values (8 B) and column indices, plus row pointers.
     local_bytes = H.matrix.data.nbytes + H.matrix.indices.nbytes + H.matrix.indptr.nbytes
     result["H_bytes_local_max"] = max(comm.allgather(int(local_bytes)))
+    # Σ_rows nnz_row²: the multiply-adds of the sparse Hᵀ R⁻¹ H (state form)
+    result["H_row_nnz_sq_sum"] = comm.allreduce_scalar(float(np.sum(np.diff(H.matrix.indptr).astype(float) ** 2)))
     arrays = {}
     if args.task == "analytical":
         post = phases.run("solve", lambda: solve_analytical(problem, form=args.form))
         result["form"] = post.diagnostics["form"]
         result["chi2_per_obs"] = post.diagnostics["chi2_per_obs"]
         result["dofs"] = post.diagnostics["dofs"]
-        dense = phases.run("jacobian", H.jacobian_local)
-        phases.run("factorise", lambda: factorise(dense, problem.B, problem.R.variance(), comm,
+        phases.run("factorise", lambda: factorise(H.matrix, problem.B, problem.R.variance(), comm,
                                                   n_obs=problem.n_obs, form=args.form))
         arrays = {"x_a": post.x_a, "posterior_sd": post.posterior_sd()}
     elif args.task == "variational":
@@ -146,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
         apply(v)  # warm
         phases.run("hessian", lambda: [apply(v) for _ in range(args.hessian_repeats)])
         phases.results["hessian"]["seconds"] /= args.hessian_repeats
+        # the communication term of the scaling model: one allreduce of a state-sized vector
+        w = np.ones(problem.B.size)
+        phases.run("allreduce", lambda: [comm.allreduce(w) for _ in range(20)])
+        phases.results["allreduce"]["seconds"] /= 20
         arrays = {"x_a": post.x_a}
     else:
         if comm.size != 1:

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from transport.grid import TimeAxis
 from transport.units import MOLAR_MASS_KG_PER_MOL, conversion_factor
 
 from .regions import Regions
@@ -100,29 +101,44 @@ def combine(agg: Aggregates, weights: np.ndarray, *, region, period, start, end)
                       end=np.asarray(end), matrix=weights @ agg.matrix, offset=weights @ agg.offset)
 
 
-def region_totals(state: StateSpace, report: Regions | None = None) -> Aggregates:
+def region_totals(state: StateSpace, report: Regions | None = None, *, sectors=None,
+                  intervals: TimeAxis | None = None) -> Aggregates:
     """Totals of every report region (default: the state regions) and of ``ALL``, for each
-    period and for the whole run.  ``report`` must be on the state's grid."""
+    interval and for the whole run.  ``report`` must be on the state's grid.  ``sectors``: the
+    sectors whose flux is summed (default every optimised and fixed sector, the net flux);
+    ``intervals``: the periods of the rows (default the state periods), contiguous, tiling the
+    run, on flux-step boundaries (:func:`split_periods` makes such intervals)."""
     grid = state.regions.grid
     if report is not None and not report.grid.same_as(grid):
         raise ValueError("report regions must be on the state's grid")
     if report is not None and report.names == state.regions.names and np.array_equal(report.fraction,
                                                                                       state.regions.fraction):
         report = None  # the state regions themselves: exact overlap
+    every = tuple(state.sectors) + tuple(state.fixed_sectors)
+    included = set(every if sectors is None else sectors)
+    if included - set(every):
+        raise ValueError(f"unknown sectors {sorted(included - set(every))}; the state has {list(every)}")
+    intervals = state.periods if intervals is None else intervals
+    _check_intervals(state, intervals)
     area = grid.cell_area().ravel()
     m_state = sp.csr_matrix(state.regions.fraction.reshape(state.n_region, -1))
     m_report = m_state if report is None else sp.csr_matrix(report.fraction.reshape(report.size, -1))
     names = list(state.regions.names if report is None else report.names)
-    n_rep = len(names)
+    n_rep, n_int, nt = len(names), intervals.size, state.flux_time.size
     dt = state.flux_time.duration_s
     pos = state.period_of_step
-    inside = pos >= 0
-    # Averaging over the flux steps of each period: (n_period × nt), weights Δt / T_p.
-    average = sp.csr_matrix((dt[inside] / state.period_seconds[pos[inside]], (pos[inside], np.flatnonzero(inside))),
-                            shape=(state.n_period, state.flux_time.size))
+    inside = np.flatnonzero(pos >= 0)
+    where = intervals.locate(state.flux_time.start)[inside]
+    seconds = np.bincount(where, weights=dt[inside], minlength=n_int)  # T_i
+    # Averaging over the flux steps of each interval, (n_int × nt), and over the steps of each
+    # (interval, period) pair that overlap, (n_pair × nt); weights Δt / T_i.
+    average = sp.csr_matrix((dt[inside] / seconds[where], (where, inside)), shape=(n_int, nt))
+    pairs, pair_of_step = np.unique(where * state.n_period + pos[inside], return_inverse=True)
+    average_pair = sp.csr_matrix((dt[inside] / seconds[where], (pair_of_step, inside)), shape=(pairs.size, nt))
+    pair_interval, pair_period = np.divmod(pairs, state.n_period)
 
-    def period_mean(name: str) -> np.ndarray:
-        return average @ state.prior.sectors[name].reshape(state.flux_time.size, -1)  # (n_period, ncell)
+    def pattern(name: str) -> np.ndarray:
+        return state.prior.sectors[name].reshape(nt, -1)
 
     weight = m_report.multiply(area[None, :]).tocsr()  # m_R A_c, m²
     if report is None:
@@ -130,39 +146,105 @@ def region_totals(state: StateSpace, report: Regions | None = None) -> Aggregate
     else:
         coverage = np.asarray(m_state.sum(axis=0)).ravel()
         uncovered = weight.multiply((1.0 - coverage)[None, :]).tocsr()  # (m_R − Σ_r m_R m_r) A_c
-    a = np.zeros((state.n_period, n_rep, state.size))
-    fixed = np.zeros((state.n_period, n_rep))
+    a = np.zeros((n_int, n_rep, state.size))
+    fixed = np.zeros((n_int, n_rep))
     regions = np.arange(state.n_region)
     for s, name in enumerate(state.sectors):
-        phi = period_mean(name)
-        for p in range(state.n_period):
+        if name not in included:
+            continue
+        phi = average_pair @ pattern(name)  # (n_pair, ncell)
+        for k, (i, p) in enumerate(zip(pair_interval, pair_period)):
             columns = state.flux_index(s, p, regions)
             if report is None:  # o_Rr = δ_Rr m_r
-                a[p, regions, columns] = weight @ phi[p]
+                a[i, regions, columns] = weight @ phi[k]
             else:  # o_Rr = m_R m_r
-                a[p][:, columns] = (weight.multiply(phi[p][None, :]) @ m_state.T).toarray()
-                fixed[p] += uncovered @ phi[p]
+                a[i][:, columns] = (weight.multiply(phi[k][None, :]) @ m_state.T).toarray()
+        if report is not None:
+            fixed += (uncovered @ (average @ pattern(name)).T).T
     for name in state.fixed_sectors:
-        fixed += (weight @ period_mean(name).T).T
+        if name in included:
+            fixed += (weight @ (average @ pattern(name)).T).T
 
     # Append the domain row (sum over regions) and the whole-run column (duration-weighted).
     a = np.concatenate([a, a.sum(axis=1, keepdims=True)], axis=1)
     fixed = np.concatenate([fixed, fixed.sum(axis=1, keepdims=True)], axis=1)
-    tp = state.period_seconds
-    frac = tp / tp.sum()
+    frac = seconds / seconds.sum()
     a = np.concatenate([a, np.einsum("p,prn->rn", frac, a)[None]], axis=0)
     fixed = np.concatenate([fixed, (frac @ fixed)[None]], axis=0)
 
     names = names + [DOMAIN]
-    n_p = state.n_period + 1
-    period = np.tile(np.append(np.arange(state.n_period), WHOLE_RUN), len(names))
-    start = np.append(state.periods.start, state.periods.start[0])
-    end = np.append(state.periods.end, state.periods.end[-1])
-    # Order rows region-major: for each region, its periods then the whole run.
+    n_p = n_int + 1
+    period = np.tile(np.append(np.arange(n_int), WHOLE_RUN), len(names))
+    start = np.append(intervals.start, intervals.start[0])
+    end = np.append(intervals.end, intervals.end[-1])
+    # Order rows region-major: for each region, its intervals then the whole run.
     matrix = a.transpose(1, 0, 2).reshape(len(names) * n_p, state.size)
     offset = fixed.T.reshape(-1)
     return Aggregates(region=tuple(np.repeat(names, n_p)), period=period, start=np.tile(start, len(names)),
                       end=np.tile(end, len(names)), matrix=matrix, offset=offset)
+
+
+def _check_intervals(state: StateSpace, intervals: TimeAxis) -> None:
+    """``intervals`` must be contiguous, tile the run (the state periods) and start and end on
+    flux-step boundaries, so each flux step of the run lies in exactly one interval."""
+    periods = state.periods
+    if intervals.start[0] != periods.start[0] or intervals.end[-1] != periods.end[-1] \
+            or np.any(intervals.end[:-1] != intervals.start[1:]):
+        raise ValueError(f"intervals must tile the run {periods.start[0]} … {periods.end[-1]} without gaps")
+    boundaries = set(state.flux_time.start.tolist()) | set(state.flux_time.end.tolist())
+    off = [b for b in intervals.start.tolist() + [intervals.end[-1].item()] if b not in boundaries]
+    if off:
+        raise ValueError(f"interval boundary {off[0]} is not a flux time-step boundary")
+
+
+def split_periods(periods: TimeAxis, boundaries) -> TimeAxis:
+    """``periods`` (contiguous) split at every boundary that falls strictly inside one of them:
+    the coarsest intervals of which both the periods and the spans between boundaries are
+    unions."""
+    cuts = np.asarray(boundaries, dtype="datetime64[s]")
+    edges = np.unique(np.concatenate([periods.start, periods.end[-1:],
+                                      cuts[(cuts > periods.start[0]) & (cuts < periods.end[-1])]]))
+    return TimeAxis(start=edges[:-1], end=edges[1:])
+
+
+def calendar_periods(start: np.datetime64, end: np.datetime64, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Nominal [start, end) of each calendar month (``kind = "monthly"``) or year (``"annual"``)
+    that overlaps [start, end), UTC, as datetime64[s] arrays."""
+    unit = {"monthly": "M", "annual": "Y"}[kind]
+    first = np.datetime64(start, unit)
+    last = np.datetime64(np.datetime64(end, "s") - np.timedelta64(1, "s"), unit)
+    nominal = np.arange(first, last + 2).astype("datetime64[s]")
+    return nominal[:-1], nominal[1:]
+
+
+def mean_weights(intervals: TimeAxis, seconds: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """W (n_target × n_interval) with W[P, i] = T_i / Σ_{j⊂P} T_j for the intervals i inside
+    target P = [start, end) and 0 for the others: the duration-weighted mean of the interval
+    totals over the part of P that the intervals cover (``seconds`` = T_i).  Each interval must
+    lie inside or outside each target (split them first with :func:`split_periods`); a target
+    covering no interval is refused."""
+    start = np.asarray(start, dtype="datetime64[s]")[:, None]
+    end = np.asarray(end, dtype="datetime64[s]")[:, None]
+    inside = (intervals.start[None, :] >= start) & (intervals.end[None, :] <= end)
+    disjoint = (intervals.end[None, :] <= start) | (intervals.start[None, :] >= end)
+    if np.any(~inside & ~disjoint):
+        raise ValueError("an interval straddles a target period boundary: split the intervals first")
+    w = inside * np.asarray(seconds, dtype=np.float64)[None, :]
+    total = w.sum(axis=1, keepdims=True)
+    if np.any(total == 0):
+        raise ValueError("a target period covers no interval")
+    return w / total
+
+
+def trend_weights(times: np.ndarray) -> np.ndarray:
+    """w with slope = Σ_k w_k T_k the ordinary least-squares slope of T_k against t_k (needs at
+    least two distinct times): w_k = (t_k − t̄) / Σ_j (t_j − t̄)²."""
+    t = np.asarray(times, dtype=np.float64)
+    centred = t - t.mean()
+    denominator = np.sum(centred**2)
+    if t.size < 2 or denominator == 0:
+        raise ValueError("a trend needs at least two distinct times")
+    return centred / denominator
 
 
 def report_unit(species: str) -> tuple[str, float]:

@@ -13,9 +13,9 @@ import os
 import sys
 
 from . import __version__
-from .commands import EXIT_BAD_INPUT, demo, footprints, osse, regions, run, tune, validate
+from .commands import EXIT_BAD_INPUT, demo, footprints, osse, regions, report, run, submit, tune, validate
 
-COMMAND_MODULES = (run, validate, demo, tune, osse, footprints, regions)
+COMMAND_MODULES = (run, validate, demo, tune, osse, footprints, regions, report, submit)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,6 +17,12 @@ factorisation, in whichever space is smaller (as the analytical solver chooses):
 * **observation form** (n_obs < n_state): S = U Uᵀ directly.  Every rank gathers the (small)
   H L and factorises the n_obs × n_obs matrix itself, so no later product communicates.
 
+H (this rank's rows) may be a dense array or a scipy sparse matrix.  Sparse H is what makes
+the state form cheap for region states: G = Lᵀ F L with F = Hᵀ R⁻¹ H formed by a sparse
+product (≈ Σ_rows nnz_row² flops instead of 2 n_obs n_state² for the dense Gram of H L) and
+L = L_t ⊗ L_s applied on both sides by reshaping (2 · 2 n² (n_t + n_s) flops); the dense
+n_obs × n_state matrix H L is then formed only if :meth:`inverse_diagonal` asks for it.
+
 Methods take and return this rank's observation rows (``D`` of shape (n_local, k): k
 right-hand sides) and replicated state-space arrays:
 
@@ -28,16 +34,21 @@ right-hand sides) and replicated state-space arrays:
     projected_inverse()      Hᵀ S⁻¹ H                                (n_state × n_state)
     dofs()                   trace(G (I + G)⁻¹) = trace(Hᵀ S⁻¹ H B), degrees of freedom for signal
 
-Nothing is ever inverted explicitly; only triangular solves with the Cholesky factor.
+Systems are solved with the Cholesky factor, never an explicit inverse; the state form's
+posterior covariance is L (I + G)⁻¹ Lᵀ with (I + G)⁻¹ from the factor (LAPACK potri), the one
+inverse that is itself the result.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
+import scipy.sparse as sp
 from scipy import linalg
 
 from .covariance import Covariance
-from .linalg import cholesky_lower, solve_lower
+from .linalg import cholesky_inverse, cholesky_lower, solve_lower
 
 
 def choose_form(n_state: int, n_obs: int, form: str) -> str:
@@ -53,16 +64,30 @@ class Factorisation:
     form: str
     logdet: float  # log det S (global)
 
-    def __init__(self, H: np.ndarray, B: Covariance, r: np.ndarray, comm):
-        self.H = H          # local rows of H (n_local × n_state), dense
+    def __init__(self, H, B: Covariance, r: np.ndarray, comm):
+        self.H = H          # local rows of H (n_local × n_state), dense or scipy sparse
         self.B = B
         self.r = r          # local diagonal of R
         self.comm = comm
-        self.HL = B.sqrt_T(np.ascontiguousarray(H.T)).T  # local rows of H L
 
     @property
     def n_state(self) -> int:
         return self.B.size
+
+    @cached_property
+    def HL(self) -> np.ndarray:
+        """Local rows of H L, dense (n_local × n_state)."""
+        return self.B.sqrt_T(np.ascontiguousarray(_dense(self.H).T)).T
+
+    def _LT_HT(self, D: np.ndarray) -> np.ndarray:
+        """Lᵀ Hᵀ D for local rows D (n_local × k), without reduction over ranks."""
+        if sp.issparse(self.H):
+            return self.B.sqrt_T(np.asarray(self.H.T @ D))
+        return self.HL.T @ D
+
+    def _HL_times(self, X: np.ndarray) -> np.ndarray:
+        """H L X, local rows, for X (n_state × k)."""
+        return np.asarray(self.H @ self.B.sqrt(X)) if sp.issparse(self.H) else self.HL @ X
 
     def quadratic(self, D: np.ndarray) -> np.ndarray:
         """Dᵀ S⁻¹ D per column (χ² of each set of departures), on every rank."""
@@ -94,25 +119,39 @@ class StateForm(Factorisation):
 
     def __init__(self, H, B, r, comm):
         super().__init__(H, B, r, comm)
-        W = self.HL / np.sqrt(r)[:, None]
-        G = comm.allreduce(W.T @ W)
-        self.C = cholesky_lower(np.eye(self.n_state) + G, name="I + G (state-space Hessian)")
+        if sp.issparse(H):
+            # G = Lᵀ F L, F = Hᵀ R⁻¹ H (sparse product); Lᵀ (Lᵀ F)ᵀ = Lᵀ F L as F is symmetric
+            LtF = B.sqrt_T(_weighted_gram(H, r, comm))
+            G = B.sqrt_T(np.ascontiguousarray(LtF.T))
+            del LtF
+            G = 0.5 * (G + G.T)
+        else:
+            W = self.HL / np.sqrt(r)[:, None]
+            G = comm.allreduce(W.T @ W)
+        G[np.diag_indices_from(G)] += 1.0
+        self.C = cholesky_lower(G, name="I + G (state-space Hessian)")
         self.logdet = comm.allreduce_scalar(float(np.sum(np.log(r)))) + 2.0 * float(np.sum(np.log(np.diag(self.C))))
 
     def _control(self, D: np.ndarray) -> np.ndarray:
         """(I + G)⁻¹ Lᵀ Hᵀ R⁻¹ D (n_state × k)."""
-        b = self.comm.allreduce(self.HL.T @ (D / self.r[:, None]))
+        b = self.comm.allreduce(self._LT_HT(D / self.r[:, None]))
         return linalg.cho_solve((self.C, True), b)
 
     def solve(self, D):
-        return (D - self.HL @ self._control(D)) / self.r[:, None]
+        return (D - self._HL_times(self._control(D))) / self.r[:, None]
 
     def increments(self, D):
         return self.B.sqrt(self._control(D))
 
+    @cached_property
+    def _hessian_inverse(self) -> np.ndarray:
+        """(I + G)⁻¹, the posterior covariance in control space (from the factor, potri)."""
+        return cholesky_inverse(self.C)
+
     def posterior_covariance(self):
-        M = solve_lower(self.C, self.B.sqrt_T(np.eye(self.n_state)))  # C⁻¹ Lᵀ, so A = Mᵀ M
-        return M.T @ M
+        # A = L (I + G)⁻¹ Lᵀ: L applied to both sides by B's own (Kronecker) square root
+        X = self.B.sqrt(self._hessian_inverse)
+        return self.B.sqrt(np.ascontiguousarray(X.T))
 
     def inverse_diagonal(self):
         Q = solve_lower(self.C, self.HL.T)  # C⁻¹ (H L)ᵀ, n_state × n_local
@@ -120,13 +159,13 @@ class StateForm(Factorisation):
 
     def projected_inverse(self):
         # Hᵀ S⁻¹ H = F − Fᵀ L (I + G)⁻¹ Lᵀ F with F = Hᵀ R⁻¹ H.
-        F = self.comm.allreduce(self.H.T @ (self.H / self.r[:, None]))
+        F = _weighted_gram(self.H, self.r, self.comm)
         M = solve_lower(self.C, self.B.sqrt_T(F))
         return F - M.T @ M
 
     def dofs(self):
-        # trace(G (I + G)⁻¹) = n − trace((I + G)⁻¹) = n − ‖C⁻¹‖²_F
-        return self.n_state - float(np.sum(solve_lower(self.C, np.eye(self.n_state)) ** 2))
+        # trace(G (I + G)⁻¹) = n − trace((I + G)⁻¹)
+        return self.n_state - float(np.trace(self._hessian_inverse))
 
 
 class ObservationForm(Factorisation):
@@ -166,7 +205,7 @@ class ObservationForm(Factorisation):
         return np.sum(Uinv**2, axis=0)[self._start:self._stop]
 
     def projected_inverse(self):
-        V = solve_lower(self.U, self._gather(self.H))
+        V = solve_lower(self.U, self._gather(_dense(self.H)))
         return V.T @ V
 
     def dofs(self):
@@ -174,10 +213,24 @@ class ObservationForm(Factorisation):
         return float(np.sum(solve_lower(self.U, self.HL_all) ** 2))
 
 
-def factorise(H: np.ndarray, B: Covariance, r: np.ndarray, comm, *, n_obs: int, form: str = "auto") -> Factorisation:
-    """Factorise S = H B Hᵀ + diag(r) for this rank's dense rows ``H`` of the observation
-    operator and local variances ``r`` (``n_obs`` global observations); ``form`` is
+def _dense(H) -> np.ndarray:
+    return H.toarray() if sp.issparse(H) else H
+
+
+def _weighted_gram(H, r: np.ndarray, comm) -> np.ndarray:
+    """Hᵀ R⁻¹ H summed over ranks, dense (n_state × n_state); a sparse product for sparse H."""
+    if sp.issparse(H):
+        F = (H.T @ sp.diags(1.0 / r) @ H).toarray() if H.shape[0] else np.zeros((H.shape[1],) * 2)
+    else:
+        F = H.T @ (H / r[:, None])
+    return comm.allreduce(F)
+
+
+def factorise(H, B: Covariance, r: np.ndarray, comm, *, n_obs: int, form: str = "auto") -> Factorisation:
+    """Factorise S = H B Hᵀ + diag(r) for this rank's rows ``H`` (dense array or scipy sparse
+    matrix; sparse makes the state form cheap) of the observation operator and local variances ``r`` (``n_obs`` global observations); ``form`` is
     ``auto`` (the smaller space), ``state`` or ``observation``.  Collective."""
     form = choose_form(B.size, n_obs, form)
     cls = StateForm if form == "state" else ObservationForm
-    return cls(np.asarray(H, dtype=np.float64), B, np.asarray(r, dtype=np.float64), comm)
+    H = sp.csr_matrix(H, dtype=np.float64) if sp.issparse(H) else np.asarray(H, dtype=np.float64)
+    return cls(H, B, np.asarray(r, dtype=np.float64), comm)

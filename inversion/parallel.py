@@ -13,6 +13,7 @@ serial stand-in and the MPI wrapper both provide:
     allgather(obj)        list of every rank's object on every rank
     barrier()
     abort(code)           end the whole job (no hang when one rank fails)
+    exit_all(code)        every rank agreed to end with ``code``: finalise and exit, no abort
 
 mpi4py is imported lazily by :func:`world`, never at import time, so laptops and unit tests
 need no MPI and importing tanhui never initialises MPI.
@@ -58,6 +59,9 @@ class SerialComm:
         return None
 
     def abort(self, code: int = 1) -> None:
+        sys.exit(code)
+
+    def exit_all(self, code: int) -> None:
         sys.exit(code)
 
 
@@ -107,6 +111,21 @@ class MPIComm:
 
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)
+
+    def exit_all(self, code: int) -> None:
+        """Collective: end every rank with ``code`` after MPI_Finalize.  A non-zero SystemExit
+        would make ``python -m mpi4py`` call MPI_Abort, which srun reports as killed tasks
+        (exit 137) instead of the code the ranks agreed on (e.g. 75, checkpointed)."""
+        import logging
+
+        from mpi4py import MPI
+
+        self._comm.Barrier()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        MPI.Finalize()
+        os._exit(code)
 
 
 def _launched_size() -> int:

@@ -58,6 +58,8 @@ class Problem:
     fixed_model: np.ndarray  # local K f_fixed (mol mol⁻¹)
     n_obs: int             # global number of observations
     obs_range: tuple[int, int]  # this rank's block [start, stop) of the global observations
+    # Σ_obs Σ_t K per grid cell (nlat, nlon), m² s mol⁻¹, summed over all ranks (replicated).
+    sensitivity: np.ndarray | None = None
 
     def departures(self) -> np.ndarray:
         """d = y − H x_b (local)."""
@@ -211,5 +213,8 @@ def build_problem(config: Config, comm, inputs: Inputs | None = None) -> Problem
     fixed_model = K.matvec(state.fixed_flux)
     y = obs["value"].values - (0.0 if scaled else obs["background"].values) - fixed_model
     R = Diagonal(obs["sigma"].values ** 2, name="R (this rank's observations)", allow_empty=True)
+    # Total observation sensitivity per cell (report maps), one grid-sized allreduce.
+    per_column = np.asarray(K.matrix.sum(axis=0)).ravel()
+    sensitivity = comm.allreduce(per_column.reshape(store.time_axis.size, -1).sum(axis=0)).reshape(store.grid.shape)
     return Problem(config=config, comm=comm, state=state, x_b=state.prior_mean(), B=B, H=H, y=y, R=R, obs=obs,
-                   fixed_model=fixed_model, n_obs=n_obs, obs_range=(start, stop))
+                   fixed_model=fixed_model, n_obs=n_obs, obs_range=(start, stop), sensitivity=sensitivity)

@@ -52,7 +52,8 @@ def _chi2(chi2: float, n_obs: int) -> dict:
 def solve_analytical(problem: Problem, *, form: str = "auto", **_ignored) -> Posterior:
     comm, B = problem.comm, problem.B
     d = problem.departures()[:, None]
-    fac = factorise(problem.H.jacobian_local(), B, problem.R.variance(), comm, n_obs=problem.n_obs, form=form)
+    # the sparse H: the state form then never forms the dense n_obs × n_state H L
+    fac = factorise(problem.H.matrix, B, problem.R.variance(), comm, n_obs=problem.n_obs, form=form)
     log.info("analytical solver, %s-space form (%d state elements, %d observations)", fac.form, B.size, problem.n_obs)
     x_a = problem.x_b + fac.increments(d)[:, 0]
     A = fac.posterior_covariance()
@@ -133,5 +134,6 @@ SOLVERS = {"analytical": solve_analytical, "variational": solve_variational}
 def solve(problem: Problem, aggregates: Aggregates | None = None, checkpoint: Checkpointer | None = None) -> Posterior:
     """Run the solver named in the configuration (``checkpoint``: see :func:`solve_variational`)."""
     cfg = problem.config.solver
+    extra = {"checkpoint": checkpoint} if checkpoint is not None else {}
     return SOLVERS[cfg.method](problem, form=cfg.form, tolerance=cfg.tolerance, max_iterations=cfg.max_iterations,
-                               reorthogonalize=cfg.reorthogonalize, aggregates=aggregates, checkpoint=checkpoint)
+                               reorthogonalize=cfg.reorthogonalize, aggregates=aggregates, **extra)

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace another run's outputs in the output dir")
     parser.add_argument("--restart", action="store_true",
                         help="discard a checkpoint of the variational solve instead of resuming from it")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip the report step (tanhui report OUTPUT_DIR makes it later)")
     parser.add_argument("--stop-after", type=int, metavar="N",
                         help="checkpoint and stop (exit 75) once N CG iterations are done in total: splits a long "
                              "solve over several jobs, or rehearses a preemption")
@@ -38,12 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args, comm) -> int:
-    from ..aggregates import WHOLE_RUN, region_totals, report_unit
+    from ..aggregates import WHOLE_RUN, report_unit
     from ..checkpoint import STOP_FILE, Checkpointer, Stopped, StopRequest, describe_files, fingerprint
     from transport.errors import InputError
 
     from ..config import ConfigError, load_config, provenance
-    from ..outputs import check_output_dir, site_statistics, totals_table, write_outputs
+    from ..outputs import check_output_dir, maps_dataset, modelled_observations, site_summary, totals_table, \
+        write_outputs
+    from ..report.inventory import check_inventory
+    from ..report.totals import base_aggregates, base_totals_dataset, check_report_periods, make_base_totals, \
+        net_aggregates, optimised_part, region_codes
+    from .report import make_report
     from ..problem import build_problem, open_inputs, read_truth
     from ..progress import log
     from ..solvers import solve
@@ -59,29 +66,42 @@ def main(args, comm) -> int:
         config = config.model_copy(update={"solver": config.solver.model_copy(update={"method": args.solver})})
     out_dir = config.run.output_dir
     check_output_dir(out_dir, args.overwrite)
-    hashes = comm.bcast(provenance(config) if comm.is_root else None)
     checkpointer = None
-    if config.solver.method == "variational":
-        directory = config.solver.checkpoint_dir or out_dir / "checkpoint"
-        stop = StopRequest(stop_file=directory / STOP_FILE, stop_after=args.stop_after, check_file=comm.is_root)
-        checkpointer = Checkpointer(directory, comm, fingerprint(config, hashes), every=config.solver.checkpoint_every,
-                                    stop=stop, files=describe_files(config))
-        if args.restart:
-            checkpointer.remove()
-            comm.barrier()
-        elif checkpointer.check():
-            log.info("a checkpoint of this run exists: the solve resumes from %s", checkpointer.path)
     try:
         inputs = open_inputs(config, comm)
         truth = read_truth(config, inputs.state)
+        # Report periods and the inventory table are checked before any heavy work.
+        intervals = check_report_periods(config.report.periods, inputs.state, config.source)
+        regions_file = config.report.regions or config.state.regions
+        report_names = (inputs.report_regions if inputs.report_regions is not None else inputs.state.regions).names
+        codes, mask_attributes = region_codes(regions_file, report_names)
+        if config.report.inventory is not None:
+            check_inventory(config.report.inventory, config, report_names, codes)
         t_inputs = time.perf_counter()
+        hashes = comm.bcast(provenance(config) if comm.is_root else None)  # the inputs exist: checked above
+        if config.solver.method == "variational":  # a foreign checkpoint is refused before the heavy work
+            directory = config.solver.checkpoint_dir or out_dir / "checkpoint"
+            stop = StopRequest(stop_file=directory / STOP_FILE, stop_after=args.stop_after, check_file=comm.is_root)
+            checkpointer = Checkpointer(directory, comm, fingerprint(config, hashes),
+                                        every=config.solver.checkpoint_every, stop=stop, files=describe_files(config))
+            if args.restart:
+                checkpointer.remove()
+                comm.barrier()
+            elif checkpointer.check():
+                log.info("a checkpoint of this run exists: the solve resumes from %s", checkpointer.path)
         problem = build_problem(config, comm, inputs)
         t_build = time.perf_counter()
-        aggregates = region_totals(problem.state, inputs.report_regions)
+        # Base totals (sector, report region, interval); the variational solver computes the
+        # exact covariance of the optimised rows by extra solves (every reported total is a
+        # linear combination of them: inversion.report.totals).
+        base_agg, sectors = base_aggregates(problem.state, inputs.report_regions, intervals)
+        aggregates = optimised_part(base_agg, problem.state)
         posterior = solve(problem, aggregates, checkpoint=checkpointer)
     except Stopped as exc:
         log.warning("%s: rerun the same command (or requeue the job) to resume; exit code %d", exc,
                     EXIT_CHECKPOINTED)
+        if comm.size > 1:
+            comm.exit_all(EXIT_CHECKPOINTED)  # every rank stopped together: exit without MPI_Abort
         return EXIT_CHECKPOINTED
     except (InputError, ConfigError):
         raise  # reported by the CLI with the file, variable and fix
@@ -92,19 +112,28 @@ def main(args, comm) -> int:
         log.error("rank %d of %d failed: %s: %s; %s", comm.rank, comm.size, type(exc).__name__, exc, saved)
         raise
     t_solve = time.perf_counter()
-    sites = site_statistics(problem, posterior)
+    observations = modelled_observations(problem, posterior, inputs.store.obs)
+    sites = site_summary(observations)
     if comm.is_root:
-        rows = totals_table(config, aggregates, posterior, truth)
+        base = make_base_totals(species=config.run.species, state=problem.state, report=inputs.report_regions,
+                                codes=codes, intervals=intervals, agg=base_agg, sectors=sectors,
+                                totals=posterior.aggregate(aggregates), x_b=posterior.x_b, x_a=posterior.x_a,
+                                truth=truth, solver=config.solver.method, mask_attributes=mask_attributes)
+        net_agg, net_totals = net_aggregates(base, base_agg)
+        rows = totals_table(config, net_agg, net_totals, truth)
         diagnostics = {**posterior.diagnostics, "sites": sites, "tanhui_version": __version__,
                        "timings_s": {"validate_inputs": t_inputs - t0, "build_problem": t_build - t_inputs,
                                      "solve": t_solve - t_build}}
         if "selection" in inputs.obs.attrs:  # raw observation files: what the selection did, per file
             diagnostics["observation_selection"] = json.loads(inputs.obs.attrs["selection"])
-        write_outputs(out_dir, problem, posterior, rows, diagnostics, truth, hashes)
+        write_outputs(out_dir, problem, posterior, rows, diagnostics, truth, hashes, totals=base_totals_dataset(base),
+                      maps=maps_dataset(problem, posterior), observations=observations)
         diagnostics["timings_s"]["total"] = time.perf_counter() - t0
         _print_summary(config, rows, posterior.diagnostics, truth is not None, report_unit(config.run.species)[0],
                        WHOLE_RUN)
         log.info("outputs written to %s (%.1f s)", out_dir, time.perf_counter() - t0)
+        if not args.no_report:  # the last step: the report of this run
+            make_report(out_dir)
     if checkpointer is not None:
         checkpointer.remove()
     comm.barrier()

@@ -79,7 +79,7 @@ class Basemap:
 def _cartopy():
     try:
         import cartopy
-        import cartopy.crs  # noqa: F401  (fails without pyproj/shapely: then no cartopy maps)
+        import cartopy.crs  # fails without pyproj/shapely: then no cartopy maps
     except ImportError:
         return None
     return cartopy
@@ -180,17 +180,19 @@ def region_borders(regions, dcw_file: Path | None = None) -> tuple[tuple[np.ndar
     """Region outlines as (lon, lat) polylines and a sentence saying where they come from."""
     sources = str(regions.attrs.get("sources", "")).split()
     if sources and all(s.startswith("dcw:") for s in sources) and "region_code" in regions:
-        rings = _dcw_rings([str(c) for c in regions["region_code"].values], dcw_file)
+        centre = float(np.mean(_extent(regions)[:2]))
+        rings = _dcw_rings([str(c) for c in regions["region_code"].values], dcw_file, centre)
         if rings is not None:
             return rings, f"DCW-GMT polygons of the mask's regions ({' '.join(sources)})"
     return (_mask_borders(regions),
             "grid-cell edges between regions (each cell drawn in the region holding ≥ 50 % of it)")
 
 
-def _dcw_rings(codes: list[str], dcw_file: Path | None) -> tuple[np.ndarray, ...] | None:
+def _dcw_rings(codes: list[str], dcw_file: Path | None, centre_lon: float) -> tuple[np.ndarray, ...] | None:
     """DCW perimeters and holes of ``codes``, simplified to 0.01° (~1 km, far below a map
-    pixel); None when the DCW file or shapely is missing or a code is not in it (the caller
-    then draws the mask's own borders)."""
+    pixel), each shifted by a multiple of 360° to lie nearest the map's central longitude
+    (DCW stores some rings in 0–360°); None when the DCW file or shapely is missing or a code
+    is not in it (the caller then draws the mask's own borders)."""
     try:
         import shapely
 
@@ -208,7 +210,9 @@ def _dcw_rings(codes: list[str], dcw_file: Path | None) -> tuple[np.ndarray, ...
         for entry in entries:
             perimeters, holes = dcw.rings(entry)
             for ring in perimeters + holes:
-                rings.append(np.asarray(shapely.simplify(shapely.LineString(ring), 0.01).coords))
+                ring = np.asarray(shapely.simplify(shapely.LineString(ring), 0.01).coords)
+                ring[:, 0] -= 360.0 * np.round((ring[:, 0].mean() - centre_lon) / 360.0)
+                rings.append(ring)
     except InputError:
         return None
     return tuple(rings)
@@ -250,11 +254,13 @@ def _no_downloads(cartopy) -> Iterator[None]:
 
 
 # ---- rendering ----------------------------------------------------------------------------------
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: str | None = "constrained"):
+    """A figure with its own Agg canvas; multi-panel figures pass ``layout=None`` and set
+    their margins (constrained layout costs about a third of their drawing time)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -276,10 +282,11 @@ class MapStyle:
 
 
 def symmetric_limit(*fields: np.ndarray) -> float:
-    """Colour limit shared by fields: the 99th percentile of |value| (a few hot spots do not
-    wash out the rest; they saturate), or 1 for an all-zero field."""
+    """Colour limit shared by fields: the 95th percentile of |value| (hot spots such as cities
+    do not wash out the rest; they saturate, shown by the colour bar's arrows), or 1 for an
+    all-zero field."""
     values = np.abs(np.concatenate([np.ravel(f)[np.isfinite(np.ravel(f))] for f in fields]))
-    limit = float(np.percentile(values, 99)) if values.size else 0.0
+    limit = float(np.percentile(values, 95)) if values.size else 0.0
     return limit if limit > 0 else 1.0
 
 
@@ -368,7 +375,9 @@ def _in_box(bounds: tuple[float, float, float, float], extent) -> bool:
 @dataclass(frozen=True)
 class Series:
     """Totals of one region per period (report units): period bounds, prior mean and σ,
-    posterior mean and its 2.5/16/84/97.5 % points, optional inventory (mean, σ) and truth."""
+    posterior mean and its 2.5/16/84/97.5 % points, the truth of twins (optional), and the
+    inventory values (mean, σ — NaN when not given) with their own period bounds, which may be
+    coarser than the series' periods (e.g. a monthly inventory beside weekly totals)."""
 
     region: str
     start: np.ndarray
@@ -380,46 +389,66 @@ class Series:
     p16: np.ndarray
     p84: np.ndarray
     p975: np.ndarray
+    truth: np.ndarray | None = None
     inventory: np.ndarray | None = None
     inventory_sd: np.ndarray | None = None
-    truth: np.ndarray | None = None
+    inventory_start: np.ndarray | None = None
+    inventory_end: np.ndarray | None = None
+
+
+def _days(t: np.ndarray) -> np.ndarray:
+    """matplotlib date numbers (days) of datetime64 values, vectorised (much faster to draw
+    than Python datetime objects)."""
+    import matplotlib.dates as mdates
+
+    return mdates.date2num(np.asarray(t).astype("datetime64[s]"))
+
+
+def _date_axis(ax) -> None:
+    import matplotlib.dates as mdates
+
+    ax.xaxis_date()
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
 def timeseries_png(series: Sequence[Series], unit: str, columns: int = 3) -> bytes:
     """Small multiples, one panel per region: posterior per period as a line with boxes for
-    the 16–84 % (dark) and 2.5–97.5 % (light) ranges, prior ± 1σ dashed, inventory with its
-    95 % range (± 1.96σ), truth (twin experiments) as crosses."""
-    import matplotlib.dates as mdates
+    the 16–84 % (dark) and 2.5–97.5 % (light) ranges, prior ± 1σ dashed, inventory as a line
+    over its period with its 95 % range (± 1.96σ), truth (twin experiments) as crosses."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     n = len(series)
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
-    fig = _figure(4.2 * columns, 2.9 * rows + 0.6)
+    width, height = 4.2 * columns, 2.9 * rows + 0.7
+    fig = _figure(width, height, layout=None)
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.1 / width, bottom=0.45 / height, top=1 - 0.7 / height,
+                        wspace=0.25, hspace=0.5)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False).ravel())
     for ax, s in zip(axes, series):
-        start = s.start.astype("datetime64[s]").astype("O")
-        end = s.end.astype("datetime64[s]").astype("O")
-        mid = (s.start + (s.end - s.start) / 2).astype("datetime64[s]").astype("O")
-        width = [e - b for b, e in zip(start, end)]
-        ax.bar(start, s.p975 - s.p025, bottom=s.p025, width=width, align="edge", color=COLOURS["posterior"],
+        start, end = _days(s.start), _days(s.end)
+        mid = (start + end) / 2
+        ax.bar(start, s.p975 - s.p025, bottom=s.p025, width=end - start, align="edge", color=COLOURS["posterior"],
                alpha=0.18, linewidth=0)
-        ax.bar(start, s.p84 - s.p16, bottom=s.p16, width=width, align="edge", color=COLOURS["posterior"],
+        ax.bar(start, s.p84 - s.p16, bottom=s.p16, width=end - start, align="edge", color=COLOURS["posterior"],
                alpha=0.35, linewidth=0)
         ax.hlines(s.posterior, start, end, color=COLOURS["posterior"], linewidth=2.0)
         ax.hlines(s.prior, start, end, color=COLOURS["prior"], linewidth=1.4, linestyles="--")
         ax.errorbar(mid, s.prior, yerr=s.prior_sd, fmt="none", ecolor=COLOURS["prior"], elinewidth=1.0, capsize=3)
-        if s.inventory is not None and np.isfinite(s.inventory).any():
-            err = None if s.inventory_sd is None else 1.959964 * np.where(np.isfinite(s.inventory_sd),
-                                                                           s.inventory_sd, 0.0)
-            ax.errorbar(mid, s.inventory, yerr=err, fmt="s", color=COLOURS["inventory"], markersize=5, capsize=3,
-                        elinewidth=1.2)
+        if s.inventory is not None and s.inventory.size:
+            i_start, i_end = _days(s.inventory_start), _days(s.inventory_end)
+            err = 1.959964 * np.where(np.isfinite(s.inventory_sd), s.inventory_sd, 0.0)
+            ax.hlines(s.inventory, i_start, i_end, color=COLOURS["inventory"], linewidth=1.6)
+            ax.errorbar((i_start + i_end) / 2, s.inventory, yerr=err, fmt="s", color=COLOURS["inventory"],
+                        markersize=5, capsize=3, elinewidth=1.2)
         if s.truth is not None and np.isfinite(s.truth).any():
             ax.plot(mid, s.truth, "x", color=COLOURS["truth"], markersize=7, markeredgewidth=1.8)
         ax.axhline(0.0, color="0.6", linewidth=0.6)
         ax.set_title(s.region, fontsize=10, loc="left")
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(mdates.AutoDateLocator()))
+        _date_axis(ax)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3, linewidth=0.5)
     for ax in axes[n:]:
@@ -430,20 +459,21 @@ def timeseries_png(series: Sequence[Series], unit: str, columns: int = 3) -> byt
                Patch(color=COLOURS["posterior"], alpha=0.45, label="posterior 16–84 %"),
                Patch(color=COLOURS["posterior"], alpha=0.18, label="posterior 2.5–97.5 %"),
                Line2D([], [], color=COLOURS["prior"], lw=1.4, ls="--", label="prior ± 1σ")]
-    if any(s.inventory is not None and np.isfinite(s.inventory).any() for s in series):
-        handles.append(Line2D([], [], color=COLOURS["inventory"], marker="s", ls="none",
-                              label="inventory (95 % range)"))
+    if any(s.inventory is not None and s.inventory.size for s in series):
+        handles.append(Line2D([], [], color=COLOURS["inventory"], marker="s", label="inventory (95 % range)"))
     if any(s.truth is not None and np.isfinite(s.truth).any() for s in series):
         handles.append(Line2D([], [], color=COLOURS["truth"], marker="x", ls="none", mew=1.8,
                               label="truth (twin experiment)"))
-    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.1 / height), ncol=len(handles),
+               fontsize=9, frameon=False)
     return _png(fig)
 
 
 @dataclass(frozen=True)
 class SiteSeries:
     """Mole fractions at one site (display units): observed, modelled with the prior and the
-    posterior fluxes (background included), the background, and the statistics line."""
+    posterior fluxes (background included), the (prior) background and optionally the
+    posterior background, and the statistics line."""
 
     site: str
     time: np.ndarray
@@ -453,34 +483,67 @@ class SiteSeries:
     background: np.ndarray
     sigma: np.ndarray
     caption: str
+    posterior_background: np.ndarray | None = None
 
 
 def sites_png(sites: Sequence[SiteSeries], unit: str) -> bytes:
     """One panel per site (stacked, shared time axis): observations with their 1σ error bars,
     prior and posterior model, background."""
-    import matplotlib.dates as mdates
     from matplotlib.lines import Line2D
 
     n = len(sites)
-    fig = _figure(12.0, 2.4 * n + 0.6)
+    width, height = 12.0, 2.4 * n + 0.9
+    fig = _figure(width, height, layout=None)
+    fig.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.65 / height,
+                        hspace=0.35)
     axes = np.atleast_1d(fig.subplots(n, 1, sharex=True, squeeze=False).ravel())
     for ax, s in zip(axes, sites):
-        t = s.time.astype("datetime64[s]").astype("O")
         order = np.argsort(s.time)
-        t = np.asarray(t)[order]
-        ax.errorbar(t, s.observed[order], yerr=s.sigma[order], fmt="o", color=COLOURS["observed"], markersize=2.5,
-                    elinewidth=0.5, alpha=0.8, zorder=3)
-        ax.plot(t, s.background[order], color=COLOURS["background"], linewidth=1.0, zorder=1)
-        ax.plot(t, s.prior[order], color=COLOURS["prior"], linewidth=1.0, zorder=2)
-        ax.plot(t, s.posterior[order], color=COLOURS["posterior"], linewidth=1.2, zorder=4)
+        time = s.time[order].astype("datetime64[s]")
+        x = _days(time)
+        obs, sig = s.observed[order], s.sigma[order]
+        ax.vlines(x, obs - sig, obs + sig, color=COLOURS["observed"], linewidth=0.5, alpha=0.6, zorder=3)
+        ax.plot(x, obs, "o", color=COLOURS["observed"], markersize=2.5, zorder=3)
+        gap = _gaps(time)
+        ax.plot(*_broken(x, s.background[order], gap), color=COLOURS["background"], linewidth=1.0, zorder=1)
+        if s.posterior_background is not None:
+            ax.plot(*_broken(x, s.posterior_background[order], gap), color=COLOURS["background"], linewidth=1.0,
+                    linestyle="--", zorder=1)
+        ax.plot(*_broken(x, s.prior[order], gap), color=COLOURS["prior"], linewidth=1.0, marker=".",
+                markersize=2, zorder=2)
+        ax.plot(*_broken(x, s.posterior[order], gap), color=COLOURS["posterior"], linewidth=1.2, marker=".",
+                markersize=2, zorder=4)
         ax.set_title(f"{s.site}   {s.caption}", fontsize=9, loc="left")
         ax.set_ylabel(unit, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3, linewidth=0.5)
-    axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(mdates.AutoDateLocator()))
+    _date_axis(axes[-1])
     handles = [Line2D([], [], color=COLOURS["observed"], marker="o", ls="none", ms=4, label="observed ± 1σ"),
                Line2D([], [], color=COLOURS["prior"], label="modelled, prior fluxes"),
                Line2D([], [], color=COLOURS["posterior"], lw=1.2, label="modelled, posterior fluxes"),
-               Line2D([], [], color=COLOURS["background"], label="background")]
-    fig.legend(handles=handles, loc="outside upper center", ncol=4, fontsize=9, frameon=False)
+               Line2D([], [], color=COLOURS["background"], label="background (prior)")]
+    if any(s.posterior_background is not None for s in sites):
+        handles.append(Line2D([], [], color=COLOURS["background"], ls="--", label="background (posterior)"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.1 / height), ncol=len(handles),
+               fontsize=9, frameon=False)
     return _png(fig)
+
+
+def _gaps(time: np.ndarray) -> np.ndarray:
+    """Indices i where the series has a gap between samples i−1 and i: more than three times
+    the median spacing (e.g. the nights between afternoon samples), never under one hour."""
+    if time.size < 3:
+        return np.zeros(0, dtype=int)
+    step = np.diff(time).astype("timedelta64[s]").astype(np.float64)
+    limit = max(3.0 * float(np.median(step)), 3600.0)
+    return np.flatnonzero(step > limit) + 1
+
+
+def _broken(x: np.ndarray, values: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, values) with a NaN point inserted at each gap: matplotlib does not join points
+    across a NaN, so lines are not drawn across gaps (markers still show every sample)."""
+    values = np.asarray(values, dtype=np.float64)
+    if gaps.size:
+        x = np.insert(x, gaps, x[gaps - 1])
+        values = np.insert(values, gaps, np.nan)
+    return x, values

@@ -56,7 +56,9 @@ def sha256(path: Path) -> str:
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int, int]]:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_ino) for p in sorted(directory.iterdir())}
+    """Contents, mtime and inode of each entry (a directory, e.g. report/: its sorted file names)."""
+    return {p.name: (p.read_bytes() if p.is_file() else "\n".join(sorted(q.name for q in p.iterdir())).encode(),
+                     p.stat().st_mtime_ns, p.stat().st_ino) for p in sorted(directory.iterdir())}
 
 
 @pytest.fixture(scope="module")

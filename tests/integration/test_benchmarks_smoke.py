@@ -1,0 +1,89 @@
+"""The benchmark runner end to end at the ``smoke`` size (CI): it runs, writes a well-formed
+report with a bound and a ratio for every figure, and the fast and naive answers agree.
+Timings are not asserted (they belong to the benchmark itself)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 600
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict, str, Path]:
+    work = tmp_path_factory.mktemp("bench")
+    ranks = "1,2" if shutil.which("mpiexec") else "1"
+    out = work / "results.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--size", "smoke", "--ranks", ranks, "--out", str(out),
+                           "--work-dir", str(work / "w"), "--naive", "always"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text()), out.with_suffix(".md").read_text(), work
+
+
+def test_bounds_are_measured(report):
+    data, _, _ = report
+    b = data["bounds"]
+    for key in ("copy", "triad", "read", "best"):
+        assert _positive(b["bandwidth"][key])
+    assert b["bandwidth"]["best"] == max(b["bandwidth"][k] for k in ("copy", "triad", "read"))
+    assert _positive(b["gemm_flops"]) and _positive(b["gemm_flops_1thread"]) and _positive(b["disk"]["rate"])
+    assert b["blas"], "threadpoolctl found no BLAS"
+
+
+def test_every_run_has_its_bound_and_ratio(report):
+    data, table, _ = report
+    (size,) = data["sizes"]
+    assert size["size"] == "smoke"
+    ranks = set(data["ranks"])
+    seen = {(r["task"], r["ranks"]) for r in size["results"]}
+    assert seen == {(t, n) for t in ("analytical", "variational") for n in ranks}
+    for r in size["results"]:
+        assert "error" not in r, r.get("error")
+        assert r["threads_per_rank"] * r["ranks"] == max(1, data["bounds"]["cores"] // r["ranks"]) * r["ranks"]
+        f = r["figures"]
+        names = ("solve", "factorise") if r["task"] == "analytical" else ("hessian", "iteration")
+        for name in names:
+            assert _positive(f[name]["seconds"]) and _positive(f[name]["bound_seconds"])
+            assert f[name]["ratio"] == pytest.approx(f[name]["seconds"] / f[name]["bound_seconds"])
+        mem = f["memory"]
+        assert _positive(mem["predicted_bytes"]) and mem["peak_rss_bytes"] >= mem["measured_bytes"]
+        assert mem["ratio"] == pytest.approx(mem["measured_bytes"] / mem["predicted_bytes"])
+        if r["task"] == "variational":
+            assert r["converged"] and r["iterations"] >= 1
+    if len(ranks) > 1:
+        assert size["scaling"]["analytical"]["solve@2"]["efficiency"] == pytest.approx(
+            size["scaling"]["analytical"]["solve@2"]["speedup"] / 2)
+    assert "| analytical solve" in table and "| variational: one Hessian product" in table
+
+
+def test_naive_formula_agrees_with_the_solver(report):
+    data, _, _ = report
+    naive = data["sizes"][0]["naive"]
+    assert "error" not in naive and "skipped" not in naive
+    assert naive["x_a_max_diff_rel_increment"] < 1e-8
+    assert naive["sd_max_rel_diff"] < 1e-8
+    assert _positive(naive["speedup"])
+
+
+def test_ingestion_is_measured_against_the_disk(report):
+    data, table, _ = report
+    ing = data["sizes"][0]["ingest"]
+    assert ing["files"] > 0 and ing["bytes"] > 0
+    for run in ing["runs"].values():
+        assert _positive(run["seconds"]) and run["ratio"] == pytest.approx(run["seconds"] / run["bound_seconds"])
+    assert "| ingestion of" in table
