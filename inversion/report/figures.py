@@ -254,13 +254,14 @@ def _no_downloads(cartopy) -> Iterator[None]:
 
 
 # ---- rendering ----------------------------------------------------------------------------------
-def _figure(width: float, height: float, layout: str | None = "constrained"):
-    """A figure with its own Agg canvas; multi-panel figures pass ``layout=None`` and set
-    their margins (constrained layout costs about a third of their drawing time)."""
+def _figure(width: float, height: float):
+    """A figure (inches) with its own Agg canvas and no layout engine: callers set fixed
+    margins (a layout engine draws every figure twice, and most of a figure's time goes into
+    drawing)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout=layout)
+    fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
 
@@ -301,8 +302,17 @@ def map_png(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, *, title: str,
     lon_edges = np.append(grid.lon_bounds[:, 0], grid.lon_bounds[-1, 1])
     extent = (lon_edges[0], lon_edges[-1], lat_edges[0], lat_edges[-1])
     aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
-    width = 6.4
-    fig = _figure(width, min(max(width * aspect * 0.95 + 0.9, 3.2), 9.0))
+    if basemap.uses_cartopy:  # PlateCarree: one degree is as tall as it is wide
+        aspect_plain = aspect
+    else:  # plain lat/lon axes drawn with the local scale of a degree of longitude
+        aspect_plain = aspect / max(np.cos(np.radians(np.mean(extent[2:]))), 0.2)
+    # Fixed margins in inches: title above, tick labels and the colour bar below.
+    width, left, right, top, bottom = 6.4, 0.65, 0.4, 0.4, 1.05
+    map_w = width - left - right
+    map_h = min(max(map_w * aspect_plain, 2.0), 8.0)
+    height = map_h + top + bottom
+    fig = _figure(width, height)
+    rect = [left / width, bottom / height, map_w / width, map_h / height]
     values = np.asarray(values, dtype=np.float64)
     if style.kind == "diverging":
         limit = style.limit or symmetric_limit(values)
@@ -325,11 +335,11 @@ def map_png(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, *, title: str,
             import cartopy.crs as ccrs
 
             plate = ccrs.PlateCarree()
-            ax = fig.add_subplot(projection=plate)
+            ax = fig.add_axes(rect, projection=plate)
             ax.set_extent(extent, crs=plate)
             kw = {"transform": plate}
         else:
-            ax = fig.add_subplot()
+            ax = fig.add_axes(rect)
             kw = {}
         mesh = ax.pcolormesh(lon_edges, lat_edges, np.ma.masked_invalid(values), cmap=style.cmap, norm=norm,
                              shading="flat", rasterized=True, **kw)
@@ -340,16 +350,13 @@ def map_png(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, *, title: str,
             if basemap.lakes:
                 ax.add_geometries(basemap.lakes, plate, facecolor="none", edgecolor="#3a6ea5", linewidth=0.6,
                                   zorder=3)
-            gl = ax.gridlines(crs=plate, draw_labels=True, linewidth=0.3, color="0.5", alpha=0.6)
-            gl.top_labels = gl.right_labels = False
         else:
             ax.set_xlim(extent[0], extent[1])
             ax.set_ylim(extent[2], extent[3])
-            ax.set_aspect(1.0 / max(np.cos(np.radians(np.mean(extent[2:]))), 0.2))
-            ax.set_xlabel("longitude (° E)")
-            ax.set_ylabel("latitude (° N)")
+            ax.set_aspect(aspect_plain / aspect)
             ax.text(0.01, 0.01, basemap.label, transform=ax.transAxes, fontsize=7,
                     color="0.2", va="bottom", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+        _degree_ticks(ax, extent, plate if cartopy is not None else None)
         if basemap.borders:
             ax.add_collection(LineCollection(basemap.borders, colors="0.25", linewidths=0.7, zorder=4, **kw))
         if sites is not None and len(sites.code):
@@ -361,10 +368,34 @@ def map_png(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, *, title: str,
                 ax.annotate(code, (lo, la), xytext=(4, 4), textcoords="offset points", fontsize=8, zorder=7,
                             path_effects=halo)
         ax.set_title(title, fontsize=11)
-        bar = fig.colorbar(mesh, ax=ax, orientation="horizontal", extend=extend, shrink=0.85, pad=0.02,
-                           aspect=35)
+        cax = fig.add_axes([(left + 0.1 * map_w) / width, 0.42 / height, 0.8 * map_w / width, 0.14 / height])
+        bar = fig.colorbar(mesh, cax=cax, orientation="horizontal", extend=extend)
         bar.set_label(colorbar_label, fontsize=9)
+        bar.ax.tick_params(labelsize=8)
         return _png(fig)
+
+
+def _degree_ticks(ax, extent, plate) -> None:
+    """Longitude/latitude ticks labelled 110°E, 30°N (gridlines at the ticks), at round
+    numbers of degrees; plain matplotlib ticks even on cartopy axes (cartopy's gridliner labels
+    cost more than the rest of the map)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    locator = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 3, 5, 10])
+    xt = [x for x in locator.tick_values(extent[0], extent[1]) if extent[0] <= x <= extent[1]]
+    yt = [y for y in locator.tick_values(extent[2], extent[3]) if extent[2] <= y <= extent[3]]
+    kw = {} if plate is None else {"crs": plate}
+    ax.set_xticks(xt, **kw)
+    ax.set_yticks(yt, **kw)
+
+    def lon(x, _):
+        x = (x + 180.0) % 360.0 - 180.0
+        return f"{abs(x):g}°{'E' if x > 0 else 'W' if x < 0 else ''}"
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lon))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{abs(y):g}°{'N' if y > 0 else 'S' if y < 0 else ''}"))
+    ax.tick_params(labelsize=8, direction="out", length=3)
+    ax.grid(linewidth=0.3, color="0.5", alpha=0.6)
 
 
 def _in_box(bounds: tuple[float, float, float, float], extent) -> bool:
@@ -424,7 +455,7 @@ def timeseries_png(series: Sequence[Series], unit: str, columns: int = 3) -> byt
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
     width, height = 4.2 * columns, 2.9 * rows + 0.7
-    fig = _figure(width, height, layout=None)
+    fig = _figure(width, height)
     fig.subplots_adjust(left=0.75 / width, right=1 - 0.1 / width, bottom=0.45 / height, top=1 - 0.7 / height,
                         wspace=0.25, hspace=0.5)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False).ravel())
@@ -493,7 +524,7 @@ def sites_png(sites: Sequence[SiteSeries], unit: str) -> bytes:
 
     n = len(sites)
     width, height = 12.0, 2.4 * n + 0.9
-    fig = _figure(width, height, layout=None)
+    fig = _figure(width, height)
     fig.subplots_adjust(left=0.7 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.65 / height,
                         hspace=0.35)
     axes = np.atleast_1d(fig.subplots(n, 1, sharex=True, squeeze=False).ravel())
