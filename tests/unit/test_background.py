@@ -122,9 +122,11 @@ def test_curtains_without_units_need_curtain_units(tmp_path):
 
 
 def test_curtain_units_attribute_is_used(tmp_path):
-    write_curtain(tmp_path / "bc.nc", [t("2014-02-01")], np.random.default_rng(0), units="ppb", scale=1900.0)
+    written = write_curtain(tmp_path / "bc.nc", [t("2014-02-01")], np.random.default_rng(0), units="ppb",
+                            scale=1900.0)
     curtains = read_curtains([tmp_path / "bc.nc"], GRID, units_if_missing="mol mol-1")  # the attribute wins
-    assert 1.5e-6 < curtains.vmr["w"].mean() < 2.3e-6
+    for edge in EDGES:  # ppb → mol mol⁻¹, exactly the values written
+        np.testing.assert_allclose(np.asarray(curtains.vmr[edge]).ravel(), written[edge].ravel() * 1e-9, rtol=1e-12)
 
 
 def test_bad_curtains_are_refused(tmp_path):
