@@ -1,4 +1,4 @@
-"""The benchmark runner: ``python -m benchmarks [--size S|M|smoke[,...]] [--ranks 1,2] [--out results.json]``.
+"""The benchmark runner: ``python -m benchmarks [--size smoke|S|M|L|L20k-analytical[,...]] [--ranks 1,2] [--out results.json]``.
 
 One run measures the hardware bounds (:mod:`benchmarks.bounds`), generates each size's case
 (:mod:`benchmarks.cases`), runs every measurement in its own worker process
@@ -10,7 +10,9 @@ figure with its bound and the ratio time / bound (1 = at the hardware limit):
 * analytical: the whole solve vs its flop count at the measured GEMM rate, and the
   factorisation alone (H L, the Gram matrix, Cholesky) likewise;
 * variational: one Hessian product (H and Hᵀ once each) vs streaming H's bytes twice at the
-  measured memory bandwidth; the whole CG iteration (with Lanczos re-orthogonalisation) too;
+  measured memory bandwidth, and vs that plus the flops of B's Kronecker square roots (L and
+  Lᵀ, dense time and space factors) at the measured GEMM rate; the whole CG iteration (with
+  Lanczos re-orthogonalisation) against both;
 * ingestion: wall time vs the input bytes at the measured (cold) disk read rate;
 * naive: the textbook dense formula's time over the analytical solver's (the speed-up), and
   the largest difference of their answers;
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from . import bounds as bounds_mod
-from .cases import SIZES, Size, generate
+from .cases import SIZES, Size
 from .worker import naive_bytes, naive_flops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,18 +105,36 @@ def run_worker(case: Path, task: str, ranks: int, cores: int, out: Path, timeout
     return result
 
 
+def generate_case(size: Size, case: Path, cores: int) -> dict:
+    """:func:`benchmarks.cases.generate` in its own process (its memory is not the runner's):
+    the record of ``data/generated.json`` (generation time and peak RSS)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cases", "--size", size.name, "--case", str(case)],
+                          cwd=ROOT, env=_env(cores), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"generating {size.name} failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-8:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _predicted_memory(result: dict, size: Size, bounds: dict) -> dict[str, float]:
-    from inversion.estimate import estimates
+    """Measured peak RSS above the baseline (before ``build``) vs :func:`inversion.estimate.estimates`
+    for the sizes the worker recorded (what ``tanhui validate`` computes before any run)."""
+    from inversion.estimate import ProblemSizes, estimates, memory_phases
 
     rates = {"gemm_flops": bounds["gemm_flops"], "bandwidth_bytes": bounds["bandwidth"]["copy"]}
-    est = estimates(result["n_state"], result["n_obs"], result["nnz_footprints"], result["n_sector"],
-                    result["ranks"], size.max_iterations, rates, read_seconds=0.0)
+    sizes = ProblemSizes(**result["sizes"])
+    est = estimates(sizes, result["ranks"], size.max_iterations, rates, read_seconds=0.0)
     key = "variational" if result["task"] == "variational" else f"analytical ({result['form']} form)"
-    phases = result["phases"]
+    phases, base = result["phases"], result["phases"]["build"]["rss_before_bytes"]
+    model = memory_phases(sizes, result["ranks"], size.max_iterations)
     peak = max(phases["build"]["peak_rss_bytes"], phases["solve"]["peak_rss_bytes"])
-    measured = peak - phases["build"]["rss_before_bytes"]
+    measured = peak - base
     return {"predicted_bytes": est[key]["memory_bytes"], "measured_bytes": measured, "peak_rss_bytes": peak,
-            "ratio": measured / est[key]["memory_bytes"], "predicted_seconds": est[key]["seconds"]}
+            "ratio": measured / est[key]["memory_bytes"], "predicted_seconds": est[key]["seconds"],
+            # per phase: measured peak above the baseline vs resident + that phase's model
+            "build_measured_bytes": phases["build"]["peak_rss_bytes"] - base,
+            "build_predicted_bytes": model["resident"] + max(model["build"], model["covariance"]),
+            "solve_measured_bytes": phases["solve"]["peak_rss_bytes"] - base,
+            "solve_predicted_bytes": model["resident"] + model[key]}
 
 
 def derive(result: dict, size: Size, bounds: dict) -> dict:
@@ -139,11 +159,16 @@ def derive(result: dict, size: Size, bounds: dict) -> dict:
                               "gemm_fraction": bound / phases[phase]["seconds"]}
     elif result["task"] == "variational":
         bound = 2.0 * result["H_bytes_local_max"] / bounds["bandwidth"]["best"]
+        # B's square root L and Lᵀ once each per product: dense Kronecker factors, replicated
+        kron = 2.0 * kron_flops(1, result["n_period"], result["n_region"], result["n_sector"])
+        bound_kron = bound + kron / gemm
         per_iteration = phases["solve"]["seconds"] / max(1, result["iterations"])
         figures["hessian"] = {"seconds": phases["hessian"]["seconds"], "bound_seconds": bound,
-                              "ratio": phases["hessian"]["seconds"] / bound}
-        figures["iteration"] = {"seconds": per_iteration, "bound_seconds": bound, "ratio": per_iteration / bound}
-    if result["task"] != "naive":
+                              "ratio": phases["hessian"]["seconds"] / bound, "kron_flops": kron,
+                              "bound_kron_seconds": bound_kron, "ratio_kron": phases["hessian"]["seconds"] / bound_kron}
+        figures["iteration"] = {"seconds": per_iteration, "bound_seconds": bound, "ratio": per_iteration / bound,
+                                "bound_kron_seconds": bound_kron, "ratio_kron": per_iteration / bound_kron}
+    if result["task"] != "naive" and "sizes" in result:  # results of runs before the sizes were recorded have none
         figures["memory"] = _predicted_memory(result, size, bounds)
     result["figures"] = figures
     return result
@@ -180,10 +205,11 @@ def run_size(size: Size, work: Path, ranks: list[int], bounds: dict, *, naive: s
     cores = bounds["cores"]
     case = work / size.name
     t0 = time.perf_counter()
-    generate(size, case)
+    record = generate_case(size, case, cores)
     out: dict = {"size": size.name, "description": repr(size), "generate_seconds": time.perf_counter() - t0,
-                 "results": []}
-    print(f"[{size.name}] case ready in {out['generate_seconds']:.1f} s: {case}", flush=True)
+                 "generation": record, "results": []}
+    print(f"[{size.name}] case ready in {out['generate_seconds']:.1f} s (generated in {record['seconds']:.0f} s, "
+          f"peak RSS {record['peak_rss_bytes'] / 2**30:.1f} GiB): {case}", flush=True)
     for task in size.solvers:
         for n in ranks:
             result = derive(run_worker(case, task, n, cores, work / f"{size.name}-{task}-{n}.json", timeout),
@@ -208,7 +234,7 @@ def run_size(size: Size, work: Path, ranks: list[int], bounds: dict, *, naive: s
         print(f"[{size.name}] naive: " + str(out["naive"].get("skipped") or out["naive"].get("error") or
                                              f"{out['naive']['speedup']:.1f}× slower"), flush=True)
     out["scaling"] = scaling(out["results"])
-    if ingest:
+    if ingest and size.ingest_files:
         from .ingest_stilt import measure
 
         r = measure(work / f"ingest-{size.name}", size.ingest_files, tuple(sorted(set([1, *ranks]))))
@@ -254,8 +280,17 @@ def markdown(report: dict) -> str:
         if first:
             head += (f": {first['n_obs']:,} obs × {first['n_state']:,} state, {first['nnz_footprints']:,} footprint "
                      f"non-zeros, nnz(H) {first['nnz_H']:,}")
-        lines += [head, "", "| figure | ranks × threads | measured | bound | ratio (measured / bound) |",
-                  "|---|---|---|---|---|"]
+        lines += [head, ""]
+        if size.get("date") and size["date"] != report["date"]:
+            sb = size.get("bounds", b)
+            lines += [(f"Measured {size['date']} (bounds of that run: bandwidth {sb['bandwidth']['best'] / 1e9:.1f} "
+                       f"GB/s, GEMM {sb['gemm_flops'] / 1e9:.1f} / {sb['gemm_flops_1thread'] / 1e9:.1f} GFLOP/s)."), ""]
+        lines += ["| figure | ranks × threads | measured | bound | ratio (measured / bound) |", "|---|---|---|---|---|"]
+        gen = size.get("generation")
+        if gen:
+            lines.append(f"| generation (twin case: plume footprints → store, prior, observations via build_problem) "
+                         f"| 1 × {b['cores']} | {_g(gen['seconds'])} (peak RSS {gen['peak_rss_bytes'] / 2**30:.1f} GiB) "
+                         f"| | |")
         for r in size["results"]:
             label = f"{r['ranks']} × {r.get('threads_per_rank', '?')}"
             if "error" in r:
@@ -274,18 +309,33 @@ def markdown(report: dict) -> str:
                              f"{_g(f['factorise']['seconds'])} | {_g(f['factorise']['bound_seconds'])} | "
                              f"{f['factorise']['ratio']:.2f} ({100 * f['factorise']['gemm_fraction']:.0f} % of GEMM) |")
             else:
+                h, it = f["hessian"], f["iteration"]
                 lines.append(f"| variational: one Hessian product (H, Hᵀ, L, Lᵀ) | {label} | "
-                             f"{_g(f['hessian']['seconds'] * 1e3, 'ms')} | "
-                             f"{_g(f['hessian']['bound_seconds'] * 1e3, 'ms')} (H bytes × 2 at bandwidth) | "
-                             f"{f['hessian']['ratio']:.2f} |")
+                             f"{_g(h['seconds'] * 1e3, 'ms')} | "
+                             f"{_g(h['bound_seconds'] * 1e3, 'ms')} (H bytes × 2 at bandwidth) | "
+                             f"{h['ratio']:.2f} |")
+                if "bound_kron_seconds" in h:
+                    lines.append(f"| variational: one Hessian product, vs H streaming + B's Kronecker factors | "
+                                 f"{label} | {_g(h['seconds'] * 1e3, 'ms')} | {_g(h['bound_kron_seconds'] * 1e3, 'ms')} "
+                                 f"(H bytes × 2 at bandwidth + {h['kron_flops']:.2g} flop at GEMM rate) | "
+                                 f"{h['ratio_kron']:.2f} |")
                 lines.append(f"| variational: one CG-Lanczos iteration ({r['iterations']} iterations, "
-                             f"{'converged' if r['converged'] else 'NOT converged'}) | {label} | "
-                             f"{_g(f['iteration']['seconds'] * 1e3, 'ms')} | "
-                             f"{_g(f['iteration']['bound_seconds'] * 1e3, 'ms')} | {f['iteration']['ratio']:.2f} |")
-            mem = f["memory"]
-            lines.append(f"| peak RSS above baseline vs `tanhui validate` | {label} | "
-                         f"{mem['measured_bytes'] / 2**20:.0f} MiB (peak {mem['peak_rss_bytes'] / 2**20:.0f} MiB) | "
-                         f"{mem['predicted_bytes'] / 2**20:.0f} MiB predicted | {mem['ratio']:.2f} |")
+                             f"{'converged' if r['converged'] else 'NOT converged'}; whole solve "
+                             f"{_g(r['phases']['solve']['seconds'])}) | {label} | "
+                             f"{_g(it['seconds'] * 1e3, 'ms')} | {_g(it['bound_seconds'] * 1e3, 'ms')}"
+                             + (f" / {_g(it['bound_kron_seconds'] * 1e3, 'ms')} with Kronecker"
+                                if "bound_kron_seconds" in it else "")
+                             + f" | {it['ratio']:.2f}" + (f" / {it['ratio_kron']:.2f}" if "ratio_kron" in it else "")
+                             + " |")
+            mem = f.get("memory")
+            if mem:
+                lines.append(f"| peak RSS above baseline vs `tanhui validate` | {label} | "
+                             f"{mem['measured_bytes'] / 2**20:.0f} MiB (peak {mem['peak_rss_bytes'] / 2**20:.0f} MiB; "
+                             f"build {mem['build_measured_bytes'] / 2**20:.0f}, solve "
+                             f"{mem['solve_measured_bytes'] / 2**20:.0f}) | "
+                             f"{mem['predicted_bytes'] / 2**20:.0f} MiB predicted (build "
+                             f"{mem['build_predicted_bytes'] / 2**20:.0f}, solve {mem['solve_predicted_bytes'] / 2**20:.0f})"
+                             f" | {mem['ratio']:.2f} |")
         nv = size.get("naive")
         if nv:
             if "speedup" in nv:
@@ -392,8 +442,27 @@ def _write(report: dict, out: Path, readme: bool) -> str:
     return table
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report from several runs' JSON, in order: a size measured again replaces the earlier
+    one, keeping the earlier naive and ingestion figures when the later run skipped them.  Each
+    size keeps the date and bounds of its own run (its ratios are derived with them); the
+    report's header is the last run's."""
+    merged = dict(reports[-1])
+    sizes: dict[str, dict] = {}
+    for report in reports:
+        for size in report["sizes"]:
+            size = {"date": report["date"], "bounds": report["bounds"], **size}
+            earlier = sizes.get(size["size"], {})
+            for key in ("naive", "ingest"):
+                if key not in size and key in earlier:
+                    size[key] = earlier[key]
+            sizes[size["size"]] = size
+    merged["sizes"] = list(sizes.values())
+    return merged
+
+
 def _rederive(args) -> int:
-    report = json.loads(args.from_json.read_text(encoding="utf-8"))
+    report = merge_reports([json.loads(Path(p).read_text(encoding="utf-8")) for p in args.from_json.split(",")])
     for size in report["sizes"]:
         spec = SIZES[size["size"]]
         for r in size["results"]:
@@ -401,7 +470,7 @@ def _rederive(args) -> int:
                 from inversion.config import load_config
 
                 r["store_bytes"] = Path(load_config(args.work_dir / spec.name).transport.footprints).stat().st_size
-        size["results"] = [derive(r, spec, report["bounds"]) for r in size["results"]]
+        size["results"] = [derive(r, spec, size.get("bounds", report["bounds"])) for r in size["results"]]
     print(_write(report, args.out, args.readme))
     return 0
 
@@ -420,8 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ingest", action="store_true", help="skip the ingestion benchmark")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per worker process")
     parser.add_argument("--readme", action="store_true", help="also replace the results table in benchmarks/README.md")
-    parser.add_argument("--from-json", type=Path, default=None,
-                        help="measure nothing: recompute the ratios and tables of an earlier --out JSON")
+    parser.add_argument("--from-json", default=None,
+                        help="measure nothing: recompute the ratios and tables of earlier --out JSON files "
+                             "(comma-separated: later runs' sizes replace earlier ones)")
     args = parser.parse_args(argv)
     if args.from_json is not None:
         return _rederive(args)

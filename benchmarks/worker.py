@@ -121,10 +121,15 @@ def main(argv: list[str] | None = None) -> None:
         "n_sector": problem.state.n_sector, "n_period": problem.state.n_period, "n_region": problem.state.n_region,
         "blas_threads": [i.get("num_threads") for i in threadpool_info() if i.get("user_api") == "blas"],
     }
+    from dataclasses import asdict
+
+    from inversion.estimate import ProblemSizes
     from transport.store import FootprintStore
 
     result["nnz_footprints"] = int(FootprintStore(config.transport.footprints).nnz)
     result["nnz_H"] = int(comm.allreduce_scalar(float(H.matrix.nnz)))
+    # what `tanhui validate` predicts from (it counts nnz(H) by the same product, block by block)
+    result["sizes"] = asdict(ProblemSizes.of(problem.state, problem.n_obs, result["nnz_footprints"], result["nnz_H"]))
     # Bytes one H product streams: CSR values (8 B) and column indices, plus row pointers.
     local_bytes = H.matrix.data.nbytes + H.matrix.indices.nbytes + H.matrix.indptr.nbytes
     result["H_bytes_local_max"] = max(comm.allgather(int(local_bytes)))

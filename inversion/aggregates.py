@@ -66,8 +66,12 @@ class Aggregates:
     period: np.ndarray
     start: np.ndarray
     end: np.ndarray
-    matrix: np.ndarray  # (n_agg, n_state), mol s⁻¹ per unit of x
+    matrix: sp.csr_matrix  # (n_agg, n_state), mol s⁻¹ per unit of x (a dense array given is stored as CSR)
     offset: np.ndarray  # (n_agg,), mol s⁻¹
+
+    def __post_init__(self) -> None:
+        # A total touches the elements of its regions and periods only: sparse, whatever the state size.
+        object.__setattr__(self, "matrix", sp.csr_matrix(self.matrix, dtype=np.float64))
 
     @property
     def size(self) -> int:
@@ -87,7 +91,7 @@ def concatenate(parts: list[Aggregates]) -> Aggregates:
     """The rows of every part, one after the other."""
     return Aggregates(region=tuple(r for a in parts for r in a.region),
                       period=np.concatenate([a.period for a in parts]), start=np.concatenate([a.start for a in parts]),
-                      end=np.concatenate([a.end for a in parts]), matrix=np.vstack([a.matrix for a in parts]),
+                      end=np.concatenate([a.end for a in parts]), matrix=sp.vstack([a.matrix for a in parts], format="csr"),
                       offset=np.concatenate([a.offset for a in parts]))
 
 
@@ -98,7 +102,7 @@ def combine(agg: Aggregates, weights: np.ndarray, *, region, period, start, end)
     if weights.ndim != 2 or weights.shape[1] != agg.size:
         raise ValueError(f"weights must have shape (n, {agg.size}), got {weights.shape}")
     return Aggregates(region=tuple(region), period=np.asarray(period), start=np.asarray(start),
-                      end=np.asarray(end), matrix=weights @ agg.matrix, offset=weights @ agg.offset)
+                      end=np.asarray(end), matrix=sp.csr_matrix(weights) @ agg.matrix, offset=weights @ agg.offset)
 
 
 def region_totals(state: StateSpace, report: Regions | None = None, *, sectors=None,
@@ -111,8 +115,7 @@ def region_totals(state: StateSpace, report: Regions | None = None, *, sectors=N
     grid = state.regions.grid
     if report is not None and not report.grid.same_as(grid):
         raise ValueError("report regions must be on the state's grid")
-    if report is not None and report.names == state.regions.names and np.array_equal(report.fraction,
-                                                                                      state.regions.fraction):
+    if report is not None and report.same_as(state.regions):
         report = None  # the state regions themselves: exact overlap
     every = tuple(state.sectors) + tuple(state.fixed_sectors)
     included = set(every if sectors is None else sectors)
@@ -121,8 +124,8 @@ def region_totals(state: StateSpace, report: Regions | None = None, *, sectors=N
     intervals = state.periods if intervals is None else intervals
     _check_intervals(state, intervals)
     area = grid.cell_area().ravel()
-    m_state = sp.csr_matrix(state.regions.fraction.reshape(state.n_region, -1))
-    m_report = m_state if report is None else sp.csr_matrix(report.fraction.reshape(report.size, -1))
+    m_state = state.regions.matrix
+    m_report = m_state if report is None else report.matrix
     names = list(state.regions.names if report is None else report.names)
     n_rep, n_int, nt = len(names), intervals.size, state.flux_time.size
     dt = state.flux_time.duration_s
@@ -146,40 +149,48 @@ def region_totals(state: StateSpace, report: Regions | None = None, *, sectors=N
     else:
         coverage = np.asarray(m_state.sum(axis=0)).ravel()
         uncovered = weight.multiply((1.0 - coverage)[None, :]).tocsr()  # (m_R − Σ_r m_R m_r) A_c
-    a = np.zeros((n_int, n_rep, state.size))
+    # a as triplets: row (R, i) = R·n_int + i (region-major), column (s, p, r) of the state.
+    rows, cols, vals = [], [], []
     fixed = np.zeros((n_int, n_rep))
     regions = np.arange(state.n_region)
     for s, name in enumerate(state.sectors):
         if name not in included:
             continue
         phi = average_pair @ pattern(name)  # (n_pair, ncell)
-        for k, (i, p) in enumerate(zip(pair_interval, pair_period)):
-            columns = state.flux_index(s, p, regions)
-            if report is None:  # o_Rr = δ_Rr m_r
-                a[i, regions, columns] = weight @ phi[k]
-            else:  # o_Rr = m_R m_r
-                a[i][:, columns] = (weight.multiply(phi[k][None, :]) @ m_state.T).toarray()
-        if report is not None:
+        if report is None:  # o_Rr = δ_Rr m_r: a[(r, i), (s, p, r)] = Σ_c m_r A_c Φ_s[(i, p), c]
+            value = weight @ phi.T  # (n_region, n_pair)
+            rows.append((regions[:, None] * n_int + pair_interval[None, :]).ravel())
+            cols.append(state.flux_index(s, pair_period[None, :], regions[:, None]).ravel())
+            vals.append(value.ravel())
+        else:  # o_Rr = m_R m_r: a[(R, i), (s, p, r)] = Σ_c m_R A_c Φ_s[(i, p), c] m_r
+            for k, (i, p) in enumerate(zip(pair_interval, pair_period)):
+                overlap = (weight.multiply(phi[k][None, :]) @ m_state.T).tocoo()  # (n_rep, n_region)
+                rows.append(overlap.row * n_int + i)
+                cols.append(state.flux_index(s, p, overlap.col))
+                vals.append(overlap.data)
             fixed += (uncovered @ (average @ pattern(name)).T).T
     for name in state.fixed_sectors:
         if name in included:
             fixed += (weight @ (average @ pattern(name)).T).T
+    empty = [np.zeros(0, dtype=np.int64)]
+    a = sp.csr_matrix((np.concatenate(vals or [np.zeros(0)]), (np.concatenate(rows or empty),
+                       np.concatenate(cols or empty))), shape=(n_rep * n_int, state.size))
+    a.eliminate_zeros()
 
-    # Append the domain row (sum over regions) and the whole-run column (duration-weighted).
-    a = np.concatenate([a, a.sum(axis=1, keepdims=True)], axis=1)
-    fixed = np.concatenate([fixed, fixed.sum(axis=1, keepdims=True)], axis=1)
+    # Append the domain row (sum over regions) and the whole-run row (duration-weighted mean):
+    # rows (R', i') = kron([I; 1ᵀ], [I; wᵀ]) rows (R, i), w_i = T_i / Σ T_i, region-major.
     frac = seconds / seconds.sum()
-    a = np.concatenate([a, np.einsum("p,prn->rn", frac, a)[None]], axis=0)
-    fixed = np.concatenate([fixed, (frac @ fixed)[None]], axis=0)
+    add_domain = sp.vstack([sp.identity(n_rep), np.ones((1, n_rep))])
+    add_whole_run = sp.vstack([sp.identity(n_int), frac[None, :]])
+    extend = sp.kron(add_domain, add_whole_run, format="csr")
+    matrix = (extend @ a).tocsr()
+    offset = extend @ fixed.T.ravel()
 
     names = names + [DOMAIN]
     n_p = n_int + 1
     period = np.tile(np.append(np.arange(n_int), WHOLE_RUN), len(names))
     start = np.append(intervals.start, intervals.start[0])
     end = np.append(intervals.end, intervals.end[-1])
-    # Order rows region-major: for each region, its intervals then the whole run.
-    matrix = a.transpose(1, 0, 2).reshape(len(names) * n_p, state.size)
-    offset = fixed.T.reshape(-1)
     return Aggregates(region=tuple(np.repeat(names, n_p)), period=period, start=np.tile(start, len(names)),
                       end=np.tile(end, len(names)), matrix=matrix, offset=offset)
 

@@ -1,12 +1,20 @@
-"""Checkpoint and resume of the variational solver, and stopping on preemption.
+"""Checkpoint and resume of the solvers' long phases, and stopping on preemption.
 
 A checkpoint is one HDF5 file written by rank 0 through a temporary sibling and ``os.replace``
-(a crash never leaves a half-written file under the real name).  It holds the CG-Lanczos state
-(:class:`inversion.krylov.CGState`: control vector w_k, residual, search direction, Lanczos
-vectors, α/β, residual history, iteration k), the fingerprint of the run (sha256 of the config
-file and of every input file, from :func:`inversion.config.provenance`, plus the solver settings
-that change the arithmetic), the code version and the rank count.  The variational solver draws
-no random numbers, so there is no RNG state to save (recorded as such in the file).
+(a crash never leaves a half-written file under the real name), one file per solver
+(:data:`KINDS`):
+
+* ``variational.h5``: the CG-Lanczos state (:class:`inversion.krylov.CGState`: control vector
+  w_k, residual, search direction, Lanczos vectors, α/β, residual history, iteration k);
+* ``analytical.h5``: the block accumulation of the analytical solver
+  (:class:`inversion.accumulation.BlockState`: the form, the summed blocks of F = Hᵀ R⁻¹ H or
+  the rows of H B Hᵀ done so far, which observation rows are done; once factorised, the
+  Cholesky factor itself).
+
+Both hold the fingerprint of the run (sha256 of the config file and of every input file, from
+:func:`inversion.config.provenance`, plus the solver settings that change the arithmetic), the
+code version and the rank count.  Neither solver draws random numbers, so there is no RNG state
+to save (recorded as such in the file).
 
 Resuming continues the same recurrence from w_k, so the resumed run repeats the arithmetic of an
 uninterrupted one: bit-identical with the same rank count and BLAS threads, and equal to
@@ -14,7 +22,8 @@ rounding (≤ 1e-10 relative) with another rank count.  A checkpoint whose finge
 the current run is refused with an :class:`~transport.errors.InputError` naming what changed.
 
 Stopping: SIGTERM and SIGUSR1 (Slurm's ``--signal``, ``scancel --signal=TERM``, preemption) only
-set a flag — the handler does no I/O and may interrupt anything.  After each CG iteration the
+set a flag — the handler does no I/O and may interrupt anything.  At each safe point (after each
+CG iteration or accumulated block, and the points ``tanhui run`` checks outside the solver) the
 ranks agree by an allreduce whether any of them was asked to stop (signal, a ``STOP`` file in
 the checkpoint directory seen by rank 0, or a requested iteration count); then rank 0 writes the
 checkpoint and :class:`Stopped` is raised, which ``tanhui run`` turns into exit code 75.
@@ -27,6 +36,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -35,29 +45,52 @@ import numpy as np
 from transport.errors import InputError
 
 from . import __version__
+from .accumulation import BlockState
 from .krylov import CGState
 from .progress import log
 
 FORMAT = "tanhui-checkpoint-1"
-FILE_NAME = "variational.h5"
 STOP_FILE = "STOP"
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-class Stopped(Exception):
-    """The solve was stopped on request after writing a checkpoint (exit code 75 in the CLI)."""
+@dataclass(frozen=True)
+class Kind:
+    """One solver's checkpoint: its file, its state class (``to_dict``/``from_dict``, ``iteration``:
+    the steps done, ``size``: the state dimension checked on resume) and the name of one step in
+    messages."""
 
-    def __init__(self, path: Path, iteration: int, reason: str):
-        super().__init__(f"stopped at CG iteration {iteration} ({reason}); checkpoint {path}")
+    file_name: str
+    state: type
+    step: str
+
+
+KINDS = {"variational": Kind("variational.h5", CGState, "CG iteration"),
+         "analytical": Kind("analytical.h5", BlockState, "accumulation step")}
+FILE_NAME = KINDS["variational"].file_name
+
+
+class Stopped(Exception):
+    """The run was stopped on request (exit code 75 in the CLI): after writing a checkpoint, or
+    (``path`` None) before the solve started, when there is nothing to save."""
+
+    def __init__(self, path: Path | None, iteration: int | None, reason: str, step: str = "CG iteration"):
+        where = f"at {step} {iteration}" if iteration is not None else f"after the {step}"
+        if path is None:
+            message = (f"stopped {where} ({reason}); nothing was checkpointed yet: the run can simply be resubmitted "
+                       "(the same command)")
+        else:
+            message = f"stopped {where} ({reason}); checkpoint {path}: rerun the same command (or requeue the job) to resume"
+        super().__init__(message)
         self.path, self.iteration, self.reason = path, iteration, reason
 
 
 class StopRequest:
-    """Why this rank should stop at the next iteration boundary, or None.
+    """Why this rank should stop at the next safe point, or None.
 
     ``with StopRequest(...)`` installs handlers for SIGTERM and SIGUSR1 that only record the
-    signal (restoring the previous handlers on exit, so outside the CG loop a SIGTERM kills the
-    process as usual and a requeued job resumes from the last checkpoint).  ``stop_file``: a
+    signal, and restores the previous handlers when the outermost ``with`` ends (re-entrant:
+    ``tanhui run`` holds it for the whole run, the solver enters it again).  ``stop_file``: a
     file whose existence asks to stop (checked on rank 0 only, to spare a parallel file system).
     ``stop_after``: stop once this many iterations (in total) are done.
     """
@@ -67,35 +100,51 @@ class StopRequest:
         self.stop_after = stop_after
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
+        self._depth = 0
 
     def _handler(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name  # no I/O in a signal handler
 
     def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():  # signals reach it only
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+            self._previous.clear()
 
-    def reason(self, iteration: int) -> str | None:
+    def reason(self, iteration: int | None) -> str | None:
+        """``iteration`` None: a safe point outside the iterations (``stop_after`` does not apply)."""
         if self.signal_name is not None:
             return f"signal {self.signal_name}"
         if self.stop_file is not None and self.stop_file.exists():
             return f"stop file {self.stop_file}"
-        if self.stop_after is not None and iteration >= self.stop_after:
+        if self.stop_after is not None and iteration is not None and iteration >= self.stop_after:
             return f"--stop-after {self.stop_after}"
         return None
+
+    def agreed(self, comm, iteration: int | None) -> str | None:
+        """Collective: the reason to stop when any rank has one (every rank gets it), else None.
+        Every rank must call this at the same points, or the allreduce hangs."""
+        local = self.reason(iteration)
+        if comm.allreduce_scalar(1.0 if local else 0.0) == 0:
+            return None
+        reasons = [r for r in comm.allgather(local) if r]
+        return f"{reasons[0]} (on {len(reasons)} of {comm.size} rank(s))"
 
 
 def fingerprint(config, hashes: dict[str, str]) -> dict[str, str]:
     """What a checkpoint must match to be resumed: the file hashes (``provenance(config)``) and
     the solver settings that change the arithmetic."""
     s = config.solver
+    if s.method == "analytical":  # the block size does not matter: the saved rows say what is done
+        return {**hashes, "solver": f"method={s.method} form={s.form}"}
     return {**hashes,
             "solver": f"tolerance={s.tolerance!r} reorthogonalize={s.reorthogonalize} method={s.method}"}
 
@@ -109,17 +158,22 @@ def describe_files(config) -> dict[str, Path]:
 
 
 class Checkpointer:
-    """Load, save and decide when to checkpoint one variational solve (collective methods).
+    """Load, save and decide when to checkpoint one solve (collective methods); ``kind`` names
+    the solver (:data:`KINDS`: the file and the state saved).
 
-    ``every``: save after every ``every``-th iteration (0: only when stopping); the converged
-    state is always saved, so a preemption during the aggregate solves that follow costs only
-    those.  ``files`` maps fingerprint keys to paths for the refusal message.
+    ``every``: save after every ``every``-th iteration or accumulation step (0: only when
+    stopping); the converged state (the complete accumulation, the factor) is always saved, so a
+    preemption afterwards costs only the work that follows.  ``files`` maps fingerprint keys to
+    paths for the refusal message.
     """
 
     def __init__(self, directory: Path, comm, fingerprint: dict[str, str], *, every: int = 10,
-                 stop: StopRequest | None = None, files: dict[str, Path] | None = None):
+                 stop: StopRequest | None = None, files: dict[str, Path] | None = None,
+                 kind: str = "variational"):
+        self.kind = KINDS[kind]
+        self.name = kind
         self.directory = Path(directory)
-        self.path = self.directory / FILE_NAME
+        self.path = self.directory / self.kind.file_name
         self.comm = comm
         self.fingerprint = dict(fingerprint)
         self.every = every
@@ -144,8 +198,9 @@ class Checkpointer:
             raise error
         return bool(self.comm.bcast(found))
 
-    def load(self, n: int) -> CGState | None:
-        """The saved state (on every rank), None when there is no checkpoint; refuses a foreign one."""
+    def load(self, n: int):
+        """The saved state (on every rank; a :class:`CGState` or :class:`BlockState`), None when
+        there is no checkpoint; refuses a foreign one (``n``: the state size of this run)."""
         error, meta, arrays = None, None, None
         if self.comm.is_root and self.path.exists():
             try:
@@ -163,35 +218,47 @@ class Checkpointer:
         for key in sorted(meta["array_keys"]):
             data[key] = self.comm.bcast(arrays[key] if self.comm.is_root else None)
         data.update(meta["scalars"])
-        state = CGState.from_dict(data)
+        state = self.kind.state.from_dict(data)
         if meta["code_version"] != __version__:
             log.warning("checkpoint %s was written by tanhui %s, this is %s", self.path, meta["code_version"],
                         __version__)
-        log.info("resuming the variational solve from %s (iteration %d, written by %d rank(s) at %s)",
-                 self.path, state.iteration, meta["ranks"], meta["written"])
+        log.info("resuming the %s solve from %s (%s %d, written by %d rank(s) at %s)", self.name, self.path,
+                 self.kind.step, state.iteration, meta["ranks"], meta["written"])
         self.last_saved = state.iteration
         return state
 
     # -- during the solve ------------------------------------------------------------------
-    def after_iteration(self, state: CGState) -> bool:
+    def decide(self, iteration: int, converged: bool) -> tuple[bool, bool]:
+        """Collective, at each step boundary: (save now?, stop now?).  A converged state is not
+        stopped (nothing is left to do) but always saved."""
+        reason = self.stop.agreed(self.comm, iteration) if not converged else None
+        if reason:
+            self.stop_reason = reason
+        return bool(reason or converged or (self.every and iteration % self.every == 0)), bool(reason)
+
+    def after_iteration(self, state) -> bool:
         """Collective, after each CG iteration: save when due; True when the solve must stop."""
-        local = self.stop.reason(state.iteration) if not state.converged else None
-        stop = self.comm.allreduce_scalar(1.0 if local else 0.0) > 0
-        if stop:
-            reasons = [r for r in self.comm.allgather(local) if r]
-            self.stop_reason = f"{reasons[0]} (on {len(reasons)} of {self.comm.size} rank(s))"
-        if stop or state.converged or (self.every and state.iteration % self.every == 0):
+        save, stop = self.decide(state.iteration, state.converged)
+        if save:
             self.save(state)
         return stop
 
-    def save(self, state: CGState) -> None:
+    def stopping(self) -> bool:
+        """Collective, at a safe point between steps: True (with :attr:`stop_reason`) when any rank
+        was signalled or a STOP file exists (``stop_after`` counts steps only)."""
+        self.stop_reason = self.stop.agreed(self.comm, None)
+        return self.stop_reason is not None
+
+    def save(self, state) -> None:
         """Rank 0 writes the state atomically; every rank returns after it is on disk."""
         if self.comm.is_root:
             t0 = time.perf_counter()
             self.directory.mkdir(parents=True, exist_ok=True)
-            _write(self.path, state, self.fingerprint, self.comm.size)
-            log.info("checkpoint at CG iteration %d written to %s (%.2f s)", state.iteration, self.path,
-                     time.perf_counter() - t0)
+            _write(self.path, state, self.fingerprint, self.comm.size, self.name)
+            what = f"at {self.kind.step} {state.iteration}"
+            if getattr(state, "factored", False):  # the analytical solver's last save
+                what = f"of the Cholesky factor (after {self.kind.step} {state.iteration})"
+            log.info("checkpoint %s written to %s (%.2f s)", what, self.path, time.perf_counter() - t0)
         self.comm.barrier()
         self.last_saved = state.iteration
 
@@ -204,18 +271,20 @@ class Checkpointer:
                 self.directory.rmdir()
 
 
-def _write(path: Path, state: CGState, fp: dict[str, str], ranks: int) -> None:
+def _write(path: Path, state, fp: dict[str, str], ranks: int, solver: str) -> None:
     from .io import atomic_path
 
     data = state.to_dict()
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
+            f.attrs["solver"] = solver
+            f.attrs["n"] = state.size
             f.attrs["code_version"] = __version__
             f.attrs["ranks"] = ranks
             f.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             f.attrs["fingerprint"] = json.dumps(fp, sort_keys=True)
-            f.attrs["rng_state"] = "none: the variational solver draws no random numbers"
+            f.attrs["rng_state"] = f"none: the {solver} solver draws no random numbers"
             scalars = {}
             for key, value in data.items():
                 if isinstance(value, np.ndarray):
@@ -236,7 +305,7 @@ def _read(path: Path, arrays: bool = True) -> tuple[dict, dict]:
             meta = {"code_version": str(f.attrs["code_version"]), "ranks": int(f.attrs["ranks"]),
                     "written": str(f.attrs["written"]), "fingerprint": json.loads(f.attrs["fingerprint"]),
                     "scalars": json.loads(f.attrs["scalars"]), "array_keys": list(f.keys()),
-                    "n": int(f["x"].size)}
+                    "n": int(f.attrs["n"])}
             arrays = {key: f[key][()] for key in f.keys()} if arrays else {}
     except (OSError, KeyError) as exc:
         raise InputError(path, None, f"cannot read the checkpoint ({exc})",
@@ -264,5 +333,5 @@ def _check(path: Path, meta: dict, fp: dict[str, str], n: int | None, files: dic
                          "restore the original inputs to resume, or start afresh with `tanhui run --restart` "
                          "(discards the checkpoint)")
     if n is not None and meta["n"] != n:
-        raise InputError(path, "x", f"the checkpoint's control vector has {meta['n']} elements, this run's {n}",
+        raise InputError(path, "n", f"the checkpoint's state vector has {meta['n']} elements, this run's {n}",
                          "start afresh with `tanhui run --restart` (discards the checkpoint)")

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from transport.errors import InputError
 from transport.units import MOLE_FRACTION_UNITS, parse_quantity, parse_units
 
+from .regions import GRID_CELLS
+
 CONFIG_NAME = "config.toml"
 
 
@@ -359,7 +361,7 @@ class PriorConfig(_Section):
 class StateConfig(_Section):
     """State vector: scaling factors per (optimised sector, period, region) + extras."""
 
-    regions: Path
+    regions: Literal["grid"] | Path  # a mask file, or "grid": every grid cell its own region (no file)
     period_days: float = 7.0
     background_offset: bool = False
     background_offset_sigma: str = "1 ppm"
@@ -437,13 +439,20 @@ class CovarianceConfig(_Section):
 class SolverConfig(_Section):
     method: Literal["analytical", "variational"] = "analytical"
     form: Literal["auto", "state", "observation"] = "auto"
+    # Analytical posterior covariance: the dense n_state² A, or ("aggregates", observation form
+    # only) A kept as the factor of H B Hᵀ + R, exact for any aggregate on demand; "auto" picks
+    # "aggregates" when the dense A would not fit in memory (inversion.solvers).
+    posterior_covariance: Literal["auto", "dense", "aggregates"] = "auto"
     tolerance: float = 1e-8
     max_iterations: int = 500
     reorthogonalize: bool = True
-    # Variational solver checkpoint: every N CG iterations (0: only when stopped by SIGTERM/SIGUSR1,
-    # a STOP file or --stop-after), in checkpoint_dir (default <run.output_dir>/checkpoint).
+    # Checkpoint: every N CG iterations (variational) or N accumulation steps of block_rows
+    # observation rows per rank (analytical); 0: only when stopped by SIGTERM/SIGUSR1, a STOP
+    # file or --stop-after.  In checkpoint_dir (default <run.output_dir>/checkpoint).
     checkpoint_every: int = 10
     checkpoint_dir: Path | None = None
+    # Analytical solver: observation rows per accumulated block (default: ≈ 256 MiB of dense rows).
+    block_rows: int | None = None
 
     @field_validator("tolerance")
     @classmethod
@@ -459,12 +468,26 @@ class SolverConfig(_Section):
             raise ValueError("max_iterations must be ≥ 1")
         return v
 
+    @field_validator("block_rows")
+    @classmethod
+    def _block_rows(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("block_rows must be ≥ 1 (or unset: blocks of ≈ 256 MiB)")
+        return v
+
     @field_validator("checkpoint_every")
     @classmethod
     def _every(cls, v: int) -> int:
         if v < 0:
             raise ValueError("checkpoint_every must be ≥ 0 (0: checkpoint only when stopped)")
         return v
+
+    @model_validator(mode="after")
+    def _aggregates_form(self) -> "SolverConfig":
+        if self.posterior_covariance == "aggregates" and self.form == "state":
+            raise ValueError('solver.posterior_covariance = "aggregates" needs the observation form (the state form '
+                             'factorises the n_state² Hessian anyway): set solver.form = "observation" or "auto"')
+        return self
 
 
 REPORT_PERIOD_KINDS = ("period", "monthly", "annual", "run")
@@ -725,7 +748,8 @@ class Config(_Section):
             key = f"prior.sectors.{name}.file"
             paths.update({key: files[0]} if files == [sector.file] else
                          {f"{key}[{i}]": path for i, path in enumerate(files)})
-        paths["state.regions"] = self.state.regions
+        if self.state.regions != GRID_CELLS:
+            paths["state.regions"] = self.state.regions
         for name in ("curtains", "series"):
             for i, path in enumerate(getattr(self.background, name)):
                 paths[f"background.{name}[{i}]"] = path
@@ -773,6 +797,8 @@ def _resolve_paths(raw: dict, base: Path, source: Path) -> None:
         table = raw.get(section)
         if not isinstance(table, dict) or key not in table or not isinstance(table[key], str):
             continue
+        if (section, key) == ("state", "regions") and table[key] == GRID_CELLS:
+            continue  # not a path: every grid cell is a region
         table[key] = _resolve_path(table[key], base, source, f"{section}.{key}")
     for section, key in _PATH_LIST_KEYS:
         table = raw.get(section)

@@ -174,6 +174,30 @@ class Diagonal(Covariance):
         return np.diag(self._variance)
 
 
+def _left_product(matrix: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """matrix @ x.  An F-ordered x (the transposed view :class:`Kronecker` passes, n × m with
+    m ≪ n) is multiplied as (xᵀ matrixᵀ)ᵀ: the same GEMM with the m vectors as rows, which
+    OpenBLAS runs 1.5–2× faster than with them as columns (1 200² factor, m = 7: 0.9 vs
+    1.4–2 ms), without copying x; the result is the F-ordered transpose of a C array."""
+    if x.flags.f_contiguous and not x.flags.c_contiguous:
+        return (x.T @ matrix.T).T
+    return matrix @ x
+
+
+def _triangular_product(lower: np.ndarray, x: np.ndarray, *, transpose: bool) -> np.ndarray:
+    """L x, or Lᵀ x with ``transpose``, for the lower triangular L (either memory order) and x of
+    shape (n, m).  For m ≥ 2 through BLAS trmm: n² m flops instead of GEMM's 2 n² m, and only the
+    triangle is read (1 200² factor, m = 7: 0.5 vs 1.0 ms).  L is handed to BLAS in the
+    Fortran order it has (LAPACK's factor), or as its transposed view Lᵀ (upper) when it is
+    C-ordered, so it is never copied; the result is F-ordered.  For one vector trmm is slower
+    than GEMV, so :func:`_left_product` does it."""
+    if x.shape[1] < 2:
+        return _left_product(lower.T if transpose else lower, x)
+    if lower.flags.f_contiguous:
+        return scipy.linalg.blas.dtrmm(1.0, lower, x, side=0, lower=1, trans_a=1 if transpose else 0)
+    return scipy.linalg.blas.dtrmm(1.0, lower.T, x, side=0, lower=0, trans_a=0 if transpose else 1)
+
+
 class Dense(Covariance):
     """A full symmetric positive definite matrix; L is its lower Cholesky factor.
 
@@ -190,13 +214,13 @@ class Dense(Covariance):
         super().__init__(self._matrix.shape[0], name)
 
     def _apply(self, x):
-        return self._matrix @ x
+        return _left_product(self._matrix, x)
 
     def _sqrt(self, w):
-        return self._factor @ w
+        return _triangular_product(self._factor, w, transpose=False)
 
     def _sqrt_T(self, x):
-        return self._factor.T @ x
+        return _triangular_product(self._factor, x, transpose=True)
 
     def _solve(self, x):
         return solve_upper_T(self._factor, solve_lower(self._factor, x))
@@ -231,11 +255,14 @@ class Kronecker(Covariance):
     def _kron(self, product: Callable[[Covariance, np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
         """(P_t ⊗ P_s) x for the (n, k) array x, where P = ``product`` of each factor."""
         n_t, n_s, k = self.time.size, self.space.size, x.shape[1]
-        # Time acts on axis 0 of X[t, s, j]: the n_s·k columns (s, j) are independent vectors.
-        y = product(self.time, x.reshape(n_t, n_s * k)).reshape(n_t, n_s, k)
-        # Space acts on axis 1: bring it to the front, with the n_t·k columns (t, j).
-        y = product(self.space, y.transpose(1, 0, 2).reshape(n_s, n_t * k))
-        return y.reshape(n_s, n_t, k).transpose(1, 0, 2).reshape(n_t * n_s, k)
+        # Space acts on axis 1 of X[t, s, j]: the n_t·k columns (t, j) are independent vectors.
+        # For one vector (k = 1, every CG iteration) this (n_s, n_t) array is the transposed
+        # view of X, no copy, and a Dense factor multiplies it by one BLAS-3 call (trmm for L
+        # and Lᵀ, GEMM for B) without copying it either (_triangular_product, _left_product).
+        y = product(self.space, x.reshape(n_t, n_s, k).transpose(1, 0, 2).reshape(n_s, n_t * k))
+        # Time acts on axis 0: the n_s·k columns (s, j); again a view for k = 1.
+        y = product(self.time, y.reshape(n_s, n_t, k).transpose(1, 0, 2).reshape(n_t, n_s * k))
+        return y.reshape(n_t * n_s, k)
 
     def _apply(self, x):
         return self._kron(Covariance.apply, x)

@@ -21,14 +21,30 @@ NETCDF_ENGINE = "h5netcdf"
 
 def open_netcdf(path: Path, what: str) -> xr.Dataset:
     """Open a NetCDF file fully into memory (inputs here are small) or raise InputError."""
+    with netcdf_reader(path, what) as ds:
+        try:
+            return ds.load()
+        except (OSError, ValueError) as exc:
+            raise _unreadable(path, what, exc) from exc
+
+
+@contextlib.contextmanager
+def netcdf_reader(path: Path, what: str) -> Iterator[xr.Dataset]:
+    """A NetCDF file opened lazily (a variable is read when its values are asked for, so a
+    slice reads only that part), closed on exit; or InputError."""
     if not Path(path).is_file():
         raise InputError(path, None, f"{what} file not found", "check the path in the configuration")
     try:
-        with xr.open_dataset(path, engine=NETCDF_ENGINE, decode_timedelta=False) as ds:
-            return ds.load()
+        ds = xr.open_dataset(path, engine=NETCDF_ENGINE, decode_timedelta=False)
     except (OSError, ValueError) as exc:
-        raise InputError(path, None, f"cannot read {what} as NetCDF-4/HDF5 ({exc})",
-                         "write it as NetCDF-4 (xarray: ds.to_netcdf(path, engine='h5netcdf'))") from exc
+        raise _unreadable(path, what, exc) from exc
+    with ds:
+        yield ds
+
+
+def _unreadable(path: Path, what: str, exc: Exception) -> InputError:
+    return InputError(path, None, f"cannot read {what} as NetCDF-4/HDF5 ({exc})",
+                      "write it as NetCDF-4 (xarray: ds.to_netcdf(path, engine='h5netcdf'))")
 
 
 def require_variables(ds: xr.Dataset, path: Path, names: list[str], what: str) -> None:

@@ -119,6 +119,41 @@ def cholesky_inverse(l: np.ndarray) -> np.ndarray:
     return lower + np.tril(lower, -1).T
 
 
+def cholesky_inverse_diagonal(l: np.ndarray) -> np.ndarray:
+    """diag(a⁻¹) from the lower Cholesky factor L of a: a⁻¹ = L⁻ᵀ L⁻¹, so (a⁻¹)_jj is the
+    squared norm of column j of L⁻¹ (LAPACK trtri, n³/3 flops and one n × n scratch, instead
+    of the whole inverse).  Single-threaded from ``SINGLE_THREAD_CHOLESKY_N`` on, as the
+    factorisation."""
+    n = l.shape[0]
+    limit = threadpool_limits(1, user_api="blas") if n >= SINGLE_THREAD_CHOLESKY_N else contextlib.nullcontext()
+    with limit:
+        inv, info = scipy.linalg.lapack.dtrtri(l, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"trtri failed (info = {info}): the Cholesky factor is singular")
+    return _column_norms2_lower(inv)
+
+
+def _column_norms2_lower(inv: np.ndarray, block: int = 2048) -> np.ndarray:
+    """Σ_i inv[i, j]² over the lower triangle (i ≥ j), by row blocks (trtri leaves the upper
+    triangle untouched, so it must not be read)."""
+    n = inv.shape[0]
+    out = np.zeros(n)
+    for start in range(0, n, block):
+        rows = np.tril(inv[start:start + block], k=start)
+        out += np.einsum("ij,ij->j", rows, rows)
+    return out
+
+
+def cross_product(w: np.ndarray) -> np.ndarray:
+    """wᵀ w (k × k) for w (n × k).  numpy computes this shape of product with BLAS syrk,
+    which on this project's CPUs crashes like the Cholesky (segfault with 2 threads, seen for
+    k = 20 000): single-threaded from ``SINGLE_THREAD_CHOLESKY_N`` on."""
+    k = w.shape[1]
+    limit = threadpool_limits(1, user_api="blas") if k >= SINGLE_THREAD_CHOLESKY_N else contextlib.nullcontext()
+    with limit:
+        return w.T @ w
+
+
 def solve_lower(l: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Solve L x = b for x, with L lower triangular; ``b`` of shape (n,) or (n, k)."""
     return scipy.linalg.solve_triangular(l, b, lower=True)

@@ -41,17 +41,28 @@ class ObservationOperator(LinearOperator):
         self.comm = comm
         super().__init__(dtype=np.float64, shape=self.matrix.shape)
 
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """H x for this rank's rows: x of shape (n_state,) or (n_state, k), float64 (not
+        checked: the solvers' inner loop calls this directly, without LinearOperator's
+        dispatch).  A new array, which the caller may modify."""
+        return self.matrix @ x
+
+    def adjoint(self, lam: np.ndarray) -> np.ndarray:
+        """Hᵀ λ summed over ranks (collective): λ of shape (n_local,) or (n_local, k), float64.
+        A new array, which the caller may modify."""
+        return self.comm.allreduce(self.matrix_T @ lam)
+
     def _matvec(self, x: np.ndarray) -> np.ndarray:
-        return self.matrix @ np.asarray(x, dtype=np.float64).ravel()
+        return self.forward(np.asarray(x, dtype=np.float64).ravel())
 
     def _matmat(self, X: np.ndarray) -> np.ndarray:
-        return self.matrix @ np.asarray(X, dtype=np.float64)
+        return self.forward(np.asarray(X, dtype=np.float64))
 
     def _rmatvec(self, lam: np.ndarray) -> np.ndarray:
-        return self.comm.allreduce(self.matrix_T @ np.asarray(lam, dtype=np.float64).ravel())
+        return self.adjoint(np.asarray(lam, dtype=np.float64).ravel())
 
     def _rmatmat(self, lam: np.ndarray) -> np.ndarray:
-        return self.comm.allreduce(self.matrix_T @ np.asarray(lam, dtype=np.float64))
+        return self.adjoint(np.asarray(lam, dtype=np.float64))
 
     def _adjoint(self) -> LinearOperator:
         return LinearOperator(shape=(self.shape[1], self.shape[0]), dtype=self.dtype,

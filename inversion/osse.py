@@ -123,7 +123,7 @@ def run_osse(problem: Problem, n: int, *, seed: int, comm=None, misspecify: Miss
     A = fac.posterior_covariance()
     sd = np.sqrt(np.maximum(np.diag(A), 0.0))
     agg = region_totals(problem.state)
-    M = agg.matrix
+    M = agg.matrix.toarray()  # small: A is dense here anyway
     sd_T = np.sqrt(np.maximum(np.einsum("ij,ij->i", M @ A, M), 0.0))
     domain = int(np.flatnonzero((np.array(agg.region) == DOMAIN) & (agg.period == WHOLE_RUN))[0])
     z = {q: _z(q) for q in LEVELS}

@@ -5,7 +5,7 @@ file                       content
 =========================  ==================================================================
 posterior_state.nc         prior/posterior state (scaling factors, background offsets), σ,
                            uncertainty reduction, truth (twins), posterior covariance
-                           (analytical) or Ritz pairs (variational)
+                           (analytical, when it fits) or Ritz pairs (variational)
 posterior_flux.nc          CF-1.8 period-mean gridded flux: prior, posterior and its standard
                            error (mol m-2 s-1, positive upward), cell_area, bounds
 totals.csv                 region × period totals: prior, posterior, σ (and truth)
@@ -42,7 +42,7 @@ from . import __version__
 from .aggregates import WHOLE_RUN, Aggregates, report_unit
 from .config import Config
 from .io import write_json, write_netcdf, write_text
-from .posterior import DensePosteriorCovariance, Posterior
+from .posterior import DensePosteriorCovariance, LowRankPosteriorCovariance, Posterior
 from .problem import Problem
 from .state import StateSpace
 
@@ -163,8 +163,8 @@ def maps_dataset(problem: Problem, posterior: Posterior) -> xr.Dataset:
                               {**flux, "long_name": "prior 1-sigma uncertainty of the run-mean flux"}),
             "posterior_flux_sd": (dims, np.sqrt(np.maximum(post_var, 0)).reshape(grid.shape),
                                   {**flux, "long_name": "posterior 1-sigma uncertainty of the run-mean flux",
-                                   "method": "exact" if isinstance(posterior.covariance, DensePosteriorCovariance)
-                                   else "low-rank posterior covariance (Ritz pairs)"}),
+                                   "method": "low-rank posterior covariance (Ritz pairs)"
+                                   if isinstance(posterior.covariance, LowRankPosteriorCovariance) else "exact"}),
             "sensitivity": (dims, problem.sensitivity, {"units": "m2 s mol-1", "long_name": "total observation "
                                                         "sensitivity: sum of all footprints over all flux steps"}),
             "cell_area": (dims, grid.cell_area(), {"standard_name": "cell_area", "units": "m2"}),
@@ -199,7 +199,7 @@ def _totals_rows(config: Config, agg: Aggregates, totals: dict, truth: np.ndarra
         if lowrank is not None:
             row["posterior_sd_lowrank"] = np.sqrt(max(lowrank[k, k], 0.0)) * factor
         if truth is not None:
-            row["truth"] = (agg.offset[k] + agg.matrix[k] @ truth) * factor
+            row["truth"] = (agg.offset[k] + agg.matrix[[k]] @ truth)[0] * factor
         rows.append(row)
     return rows
 
@@ -225,10 +225,13 @@ def _state_dataset(state: StateSpace, posterior: Posterior, truth: np.ndarray | 
     if isinstance(posterior.covariance, DensePosteriorCovariance):
         ds["posterior_covariance"] = (("element", "element_"), posterior.covariance.dense(),
                                       {"long_name": "posterior error covariance of the flattened state"})
-    else:
+    elif isinstance(posterior.covariance, LowRankPosteriorCovariance):
         ds["ritz_vectors"] = (("element", "mode"), posterior.covariance.vectors)
         ds["ritz_eigenvalues"] = (("mode",), posterior.covariance.eigenvalues,
                                   {"long_name": "eigenvalues of G = L^T H^T R^-1 H L from Lanczos"})
+    else:  # analytical, aggregates-only: A is never formed (solver.posterior_covariance)
+        ds.attrs["posterior_covariance"] = ("not stored (too large): exact for the totals in totals.nc; posterior_sd "
+                                            "computed exactly from the factor of H B H^T + R")
     ds.attrs.update({"title": f"tanhui posterior state ({species})", "Conventions": "CF-1.8",
                      "state_order": "flux elements flattened (sector, period, region), region fastest; "
                                     "then one background offset per site"

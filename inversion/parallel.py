@@ -13,7 +13,8 @@ serial stand-in and the MPI wrapper both provide:
     allgather(obj)        list of every rank's object on every rank
     barrier()
     abort(code)           end the whole job (no hang when one rank fails)
-    exit_all(code)        every rank agreed to end with ``code``: finalise and exit, no abort
+    exit_all(code, last)  every rank agreed to end with ``code``: finalise and exit, no abort
+                          (``last()``, if given, runs after MPI_Finalize, just before the exit)
 
 mpi4py is imported lazily by :func:`world`, never at import time, so laptops and unit tests
 need no MPI and importing tanhui never initialises MPI.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -61,7 +63,9 @@ class SerialComm:
     def abort(self, code: int = 1) -> None:
         sys.exit(code)
 
-    def exit_all(self, code: int) -> None:
+    def exit_all(self, code: int, last: Callable[[], object] | None = None) -> None:
+        if last is not None:
+            last()
         sys.exit(code)
 
 
@@ -112,10 +116,12 @@ class MPIComm:
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)
 
-    def exit_all(self, code: int) -> None:
+    def exit_all(self, code: int, last: Callable[[], object] | None = None) -> None:
         """Collective: end every rank with ``code`` after MPI_Finalize.  A non-zero SystemExit
         would make ``python -m mpi4py`` call MPI_Abort, which srun reports as killed tasks
-        (exit 137) instead of the code the ranks agreed on (e.g. 75, checkpointed)."""
+        (exit 137) instead of the code the ranks agreed on (e.g. 75, checkpointed).  ``last``
+        runs after MPI_Finalize (the MPI library has released its shared-memory segments), for
+        an action that may kill the job's processes at once (``scontrol requeue``)."""
         import logging
 
         from mpi4py import MPI
@@ -125,6 +131,8 @@ class MPIComm:
         sys.stdout.flush()
         sys.stderr.flush()
         MPI.Finalize()
+        if last is not None:
+            last()
         os._exit(code)
 
 

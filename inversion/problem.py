@@ -37,7 +37,7 @@ from .operators import ObservationOperator
 from .parallel import partition
 from .prior import read_prior
 from .progress import log
-from .regions import Regions, read_regions
+from .regions import Regions, read_regions, state_regions
 from .state import StateSpace, state_periods
 
 
@@ -163,7 +163,7 @@ def open_inputs(config: Config, comm=None) -> Inputs:
     grid_source = str(store.path)
     obs = load_observations(config, store, comm)
     prior = read_prior(config.prior, config.run.species, store.grid, store.time_axis, grid_source)
-    regions = read_regions(config.state.regions, store.grid, grid_source)
+    regions = state_regions(config.state.regions, store.grid, grid_source)
     periods = state_periods(config.run.start, config.run.end, config.state.period_days, store.time_axis,
                             str(config.source))
     sites = tuple(sorted(set(obs["site"].values.tolist()))) if config.state.background_offset else ()
@@ -198,8 +198,11 @@ def build_problem(config: Config, comm, inputs: Inputs | None = None) -> Problem
              "(%d on this rank); footprints: %s", state.size, state.n_sector, state.n_period, state.n_region,
              len(state.sites), "".join(f" + {e.size} {e.name}" for e in state.extras), n_obs, stop - start, store.path)
     if rows.size:
-        block = store.read_rows(int(rows.min()), int(rows.max()) + 1, check=True)
-        matrix = block[rows - rows.min()]
+        first = int(rows.min())
+        # float64 from the reader: no float32 copy beside it, and products never convert again
+        matrix = store.read_rows(first, int(rows.max()) + 1, check=True, dtype=np.float64)
+        if not np.array_equal(rows, np.arange(first, first + rows.size)):
+            matrix = matrix[rows - first]  # a selection copies; observations in store order (the rule) need none
     else:
         matrix = store.read_rows(0, 0, check=True)
     K = FootprintOperator(matrix, comm=comm)
@@ -214,7 +217,7 @@ def build_problem(config: Config, comm, inputs: Inputs | None = None) -> Problem
     y = obs["value"].values - (0.0 if scaled else obs["background"].values) - fixed_model
     R = Diagonal(obs["sigma"].values ** 2, name="R (this rank's observations)", allow_empty=True)
     # Total observation sensitivity per cell (report maps), one grid-sized allreduce.
-    per_column = np.asarray(K.matrix.sum(axis=0)).ravel()
+    per_column = K.rmatvec_local(np.ones(K.shape[0]))  # Kᵀ 1, summed in float64
     sensitivity = comm.allreduce(per_column.reshape(store.time_axis.size, -1).sum(axis=0)).reshape(store.grid.shape)
     return Problem(config=config, comm=comm, state=state, x_b=state.prior_mean(), B=B, H=H, y=y, R=R, obs=obs,
                    fixed_model=fixed_model, n_obs=n_obs, obs_range=(start, stop), sensitivity=sensitivity)

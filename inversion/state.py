@@ -151,23 +151,38 @@ class StateSpace:
     # ---- flux mapping ---------------------------------------------------------------------
     @cached_property
     def E(self) -> sp.csr_matrix:
-        """E as a sparse matrix (n_columns × n_flux), mol m⁻² s⁻¹ per unit scaling factor."""
-        ncell = self.regions.grid.size
+        """E as a sparse matrix (n_columns × n_flux), mol m⁻² s⁻¹ per unit scaling factor.
+
+        Built directly in CSR from the region matrix M: row (t, c) of a step t inside a period
+        holds, for each sector s (in order) and each region r with m_r(c) > 0 (ascending), the
+        value φ_s(t, c) m_r(c) in column (s, p(t), r); rows of other steps are empty.  Memory:
+        the result plus one (cells × sectors) template, never n_region × n_cell."""
+        nt, ncell = self.flux_time.size, self.regions.grid.size
         steps = np.flatnonzero(self.period_of_step >= 0)
-        rows, cols, vals = [], [], []
-        for r in range(self.n_region):
-            frac = self.regions.fraction[r].ravel()
-            cells = np.flatnonzero(frac)
-            row = (steps[:, None] * ncell + cells[None, :]).ravel()
-            for s, name in enumerate(self.sectors):
-                pattern = self.prior.sectors[name].reshape(self.flux_time.size, ncell)
-                val = (pattern[steps][:, cells] * frac[cells]).ravel()
-                col = self.flux_index(s, 0, r) + self.period_of_step[steps] * self.n_region
-                rows.append(row)
-                cols.append(np.repeat(col, cells.size))
-                vals.append(val)
-        matrix = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                               shape=(self.n_columns, self.n_flux))
+        by_cell = self.regions.matrix.T.tocsr()  # (n_cell × n_region), regions ascending per cell
+        by_cell.sort_indices()
+        per_cell = np.diff(by_cell.indptr)  # regions covering each cell
+        cell_of = np.repeat(np.arange(ncell), per_cell)
+        # One step's entries, ordered (cell, sector, region): index k into by_cell's entries.
+        n_s = self.n_sector
+        order = np.argsort(np.add.outer(np.arange(n_s), cell_of * n_s).ravel(), kind="stable")
+        sector, k = np.divmod(order, by_cell.nnz)
+        cell, region, frac = cell_of[k], by_cell.indices[k], by_cell.data[k]
+        itype = np.int32 if max(self.n_flux, steps.size * order.size, self.n_columns) < 2**31 else np.int64
+        base = (sector * self.n_period * self.n_region + region).astype(itype)
+        indices = base[None, :] + (self.period_of_step[steps] * self.n_region).astype(itype)[:, None]
+        data = np.empty((steps.size, order.size))
+        for s, name in enumerate(self.sectors):
+            mine = sector == s
+            value = self.prior.sectors[name].reshape(nt, ncell)[np.ix_(steps, cell[mine])]
+            value *= frac[mine]
+            data[:, mine] = value
+            del value
+        indptr = np.zeros(self.n_columns + 1, dtype=itype)
+        counts = indptr[1:].reshape(nt, ncell)
+        counts[steps] = n_s * per_cell
+        np.cumsum(indptr, out=indptr)
+        matrix = sp.csr_matrix((data.ravel(), indices.ravel(), indptr), shape=(self.n_columns, self.n_flux))
         matrix.eliminate_zeros()
         return matrix
 
@@ -178,7 +193,7 @@ class StateSpace:
     def fixed_flux(self) -> np.ndarray:
         """f_fixed (n_columns,), mol m⁻² s⁻¹: fixed sectors + uncovered optimised flux."""
         nt = self.flux_time.size
-        coverage = self.regions.fraction.sum(axis=0)[None, :, :] * (self.period_of_step >= 0)[:, None, None]
+        coverage = self.regions.coverage()[None, :, :] * (self.period_of_step >= 0)[:, None, None]
         total = np.zeros((nt,) + self.regions.grid.shape)
         for name in self.fixed_sectors:
             total += self.prior.sectors[name]

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from transport.errors import InputError
 from transport.grid import Grid, TimeAxis
 from transport.store import FootprintStore
-from transport.synthetic import plume_footprints
+from transport.synthetic import plume_footprint_blocks
 from transport.units import MOLE_FRACTION_UNITS, parse_quantity
 
 from .config import Config, ConfigError, ReportConfig, load_config
@@ -34,7 +34,7 @@ from .io import write_netcdf
 from .parallel import SerialComm
 from .problem import build_problem
 from .progress import log
-from .regions import read_regions
+from .regions import GRID_CELLS, read_regions
 
 TWIN_NAME = "twin.toml"
 
@@ -62,6 +62,8 @@ class TwinConfig(_Strict):
     seed: int
     flux_step_hours: int = 3
     back_hours: float = 96.0
+    # footprint cells below this fraction of a step's largest cell are dropped (transport.synthetic)
+    footprint_cutoff: float = 1e-3
     obs_hours_utc: list[int]
     measurement_uncertainty: str = "0.2 ppm"
     background: str = "420 ppm"
@@ -248,15 +250,17 @@ def make_twin_data(case: Path) -> dict[str, Path]:
                          "build it first with `tanhui regions build --like CASE --source ... --out` this path "
                          "(see the case's README)")
 
-    K = plume_footprints(grid, time, receptors, rng=rng, back_hours=twin.back_hours)
+    # written block by block: memory stays at one block of rows whatever the number of footprints
+    blocks = plume_footprint_blocks(grid, time, receptors, rng=rng, back_hours=twin.back_hours,
+                                    cutoff=twin.footprint_cutoff)
     with FootprintStore.create(config.transport.footprints, grid, time, receptors, overwrite=True) as writer:
-        writer.append(K)
+        for block in blocks:
+            writer.append(block)
     land = None
     if twin.land_mask is not None:
-        land = np.clip(read_regions(case_dir / twin.land_mask, grid, "[grid] of the twin case").fraction.sum(axis=0),
-                       0.0, 1.0)
+        land = np.clip(read_regions(case_dir / twin.land_mask, grid, "[grid] of the twin case").coverage(), 0.0, 1.0)
     write_netcdf(_prior(twin, grid, time, rng, land), config.prior.file)
-    if not twin.regions_from_file:
+    if not twin.regions_from_file and config.state.regions != GRID_CELLS:  # "grid": no file, a region per cell
         write_netcdf(_regions(grid, twin.region_blocks), config.state.regions)
 
     # Observations need the forward model: write a placeholder (value = background), build the

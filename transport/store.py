@@ -122,6 +122,13 @@ def _check_rows(data, indices, indptr, n_columns: int, obs_id: np.ndarray, path)
         rows = np.unique(np.searchsorted(indptr, np.flatnonzero(bad), side="right") - 1)
         return f"in {rows.size} observations, e.g. {', '.join(map(str, obs_id[rows[:5]]))}"
 
+    # Scan in slices first: the masks below are 3 B per value, a lot beside 10⁸ values; the
+    # whole-array masks are only built to word the error once something is wrong.
+    step = 1 << 22
+    if all(not ((indices[k:k + step] < 0) | (indices[k:k + step] >= n_columns)).any()
+           and np.isfinite(data[k:k + step]).all() and not (data[k:k + step] < 0).any()
+           for k in range(0, data.size, step)):
+        return
     bad = (indices < 0) | (indices >= n_columns)
     if bad.any():
         raise InputError(
@@ -271,11 +278,14 @@ class FootprintStore:
     def __repr__(self) -> str:
         return f"FootprintStore({str(self.path)!r}: {self.n_obs} obs × {self.n_columns} columns, nnz={self.nnz})"
 
-    def read_rows(self, start: int, stop: int, *, check: bool = True) -> sp.csr_matrix:
-        """Rows ``[start, stop)`` as a CSR matrix (stop − start, n_columns), float32 as stored.
+    def read_rows(self, start: int, stop: int, *, check: bool = True, dtype=None) -> sp.csr_matrix:
+        """Rows ``[start, stop)`` as a CSR matrix (stop − start, n_columns), float32 as stored
+        or ``dtype`` (e.g. float64).
 
         Reads only ``indptr[start:stop+1]`` and the matching slices of indices/data.  With
-        ``check``, column indices out of range, NaN/inf or negative values raise
+        ``dtype`` HDF5 converts the values while reading (through its small conversion
+        buffer), so memory holds only the converted rows, never a float32 copy beside them.
+        With ``check``, column indices out of range, NaN/inf or negative values raise
         :class:`InputError` naming the offending obs ids.  Bad bounds raise ``ValueError``.
         """
         if not (0 <= start <= stop <= self.n_obs):
@@ -284,7 +294,8 @@ class FootprintStore:
             indptr = f["footprint/indptr"][start : stop + 1]
             lo, hi = int(indptr[0]), int(indptr[-1])
             indices = f["footprint/indices"][lo:hi]
-            data = f["footprint/data"][lo:hi]
+            values = f["footprint/data"]
+            data = (values if dtype is None else values.astype(dtype))[lo:hi]
         indptr = indptr - lo
         if check:
             _check_rows(data, indices, indptr, self.n_columns, self.obs["obs_id"].values[start:stop], self.path)
@@ -327,17 +338,22 @@ class FootprintStore:
 
     @staticmethod
     def create(
-        path: str | os.PathLike, grid: Grid, time_axis: TimeAxis, obs, *, overwrite: bool = False, boundary_height=None
+        path: str | os.PathLike, grid: Grid, time_axis: TimeAxis, obs, *, overwrite: bool = False, boundary_height=None,
+        compress: bool = True,
     ) -> StoreWriter:
         """Writer of a new store at ``path`` (use as a context manager, then ``append`` rows).
 
         ``obs``: mapping or ``xarray.Dataset`` with obs_id, time (datetime64), site,
         latitude, longitude, height (m above ground).  ``boundary_height`` (m, increasing):
         give it to store boundary sensitivities, which every ``append`` must then carry.
+        ``compress=False`` writes the footprint and boundary datasets uncompressed (same
+        layout, read the same way; for intermediate files written and read once, such as
+        ingestion parts, where gzip costs more than the disk it saves).
         Everything is validated here, before any file is written: an existing ``path``
         without ``overwrite`` raises InputError.
         """
-        return StoreWriter(Path(path), grid, time_axis, obs, overwrite=overwrite, boundary_height=boundary_height)
+        return StoreWriter(Path(path), grid, time_axis, obs, overwrite=overwrite, boundary_height=boundary_height,
+                           compress=compress)
 
 
 class StoreWriter:
@@ -346,7 +362,8 @@ class StoreWriter:
     error the temporary file is removed and ``path`` is untouched."""
 
     def __init__(
-        self, path: Path, grid: Grid, time_axis: TimeAxis, obs: Mapping | xr.Dataset, *, overwrite: bool, boundary_height=None
+        self, path: Path, grid: Grid, time_axis: TimeAxis, obs: Mapping | xr.Dataset, *, overwrite: bool, boundary_height=None,
+        compress: bool = True,
     ):
         if not overwrite:
             _refuse_existing(path)
@@ -361,6 +378,7 @@ class StoreWriter:
         self.time_axis = time_axis
         self.obs = _check_obs(obs, path)
         self.overwrite = overwrite
+        self._compression = _COMPRESSION if compress else {}
         self.n_obs = self.obs["obs_id"].size
         self.n_columns = time_axis.size * grid.size
         self._index_dtype = np.int32 if self.n_columns < 2**31 else np.int64
@@ -397,14 +415,14 @@ class StoreWriter:
             if name in _OBS_UNITS:
                 ds.attrs["units"] = _OBS_UNITS[name]
         for name, dtype in (("footprint/indices", self._index_dtype), ("footprint/data", np.float32)):
-            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_CHUNK,), **_COMPRESSION)
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_CHUNK,), **self._compression)
         if self.boundary_height is not None:
             f.create_dataset("boundary/height", data=self.boundary_height).attrs["units"] = "m"
             for edge in BOUNDARY_EDGES:
                 cells = (self.boundary_height.size, _edge_length(edge, self.grid))
                 rows_per_chunk = max(1, _CHUNK // (cells[0] * cells[1]))
                 ds = f.create_dataset(f"boundary/{edge}", shape=(self.n_obs, *cells), maxshape=(None, *cells), dtype=np.float32,
-                                      chunks=(rows_per_chunk, *cells), **_COMPRESSION)
+                                      chunks=(rows_per_chunk, *cells), **self._compression)
                 ds.attrs["units"] = "1"
         return self
 

@@ -40,7 +40,9 @@ every receptor sees all 32 steps, 2.3–2.9 s (16.7M non-zeros).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -106,12 +108,26 @@ def _gather(factor: np.ndarray, first: np.ndarray, length: np.ndarray, width: in
     return index, values
 
 
-def plume_footprints(
+def plume_footprints(grid: Grid, time_axis: TimeAxis, receptors, *, rng: np.random.Generator, **parameters) -> sp.csr_matrix:
+    """Synthetic footprints K (n_obs × nt·nlat·nlon, float64 CSR, m² s mol⁻¹, values >= 0).
+
+    ``receptors``: mapping or ``xarray.Dataset`` with ``time`` (datetime64, UTC),
+    ``latitude``, ``longitude`` (degrees) and ``site``.  Columns follow the project
+    convention ``(t * nlat + i) * nlon + j``.  The model and its ``parameters`` (the keywords
+    of :func:`plume_footprint_blocks`) are described in the module docstring; bad receptors
+    raise InputError, bad parameters ValueError.
+    """
+    blocks = list(plume_footprint_blocks(grid, time_axis, receptors, rng=rng, rows_per_block=None, **parameters))
+    return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
+
+
+def plume_footprint_blocks(
     grid: Grid,
     time_axis: TimeAxis,
     receptors,
     *,
     rng: np.random.Generator,
+    rows_per_block: int | None = 2000,
     back_hours: float = 96.0,
     total_sensitivity: float = 20.0,
     decay_hours: float = 36.0,
@@ -121,23 +137,25 @@ def plume_footprints(
     prevailing_from_deg: float = 270.0,
     direction_spread_deg: float = 60.0,
     cutoff: float = 1e-3,
-) -> sp.csr_matrix:
-    """Synthetic footprints K (n_obs × nt·nlat·nlon, float64 CSR, m² s mol⁻¹, values >= 0).
+) -> Iterator[sp.csr_matrix]:
+    """The footprints of :func:`plume_footprints` as consecutive blocks of ``rows_per_block``
+    rows (all rows in one block for None), each a float64 CSR matrix (rows, nt·nlat·nlon).
 
-    ``receptors``: mapping or ``xarray.Dataset`` with ``time`` (datetime64, UTC),
-    ``latitude``, ``longitude`` (degrees) and ``site``.  Columns follow the project
-    convention ``(t * nlat + i) * nlon + j``.  The model and its parameters are described
-    in the module docstring; bad receptors raise InputError, bad parameters ValueError.
+    The winds are drawn from ``rng`` when this is called (not when the blocks are consumed),
+    so ``rng`` is left in the same state as by :func:`plume_footprints`, and every value is
+    computed as there: the blocks stacked equal its matrix exactly.  Writing a store block by
+    block keeps memory at one block (a 3 × 10⁸ non-zero K as one COO matrix would need
+    ≈ 7 GB plus its CSR copy).
     """
     if not (back_hours > 0 and decay_hours > 0 and sigma0_km > 0 and sigma_growth_km_per_h >= 0 and total_sensitivity >= 0):
         raise ValueError("back_hours, decay_hours and sigma0_km must be > 0; sigma_growth and total_sensitivity >= 0")
     if not (0 <= wind_speed_range[0] <= wind_speed_range[1] and direction_spread_deg >= 0 and 0 <= cutoff < 1):
         raise ValueError("need 0 <= min speed <= max speed, direction_spread_deg >= 0 and 0 <= cutoff < 1")
     t_obs, lat_r, lon_r, site = _receptor_fields(receptors)
-    n_obs, (nlat, nlon) = t_obs.size, grid.shape
+    n_obs = t_obs.size
     shape = (n_obs, time_axis.size * grid.size)
     if n_obs == 0:
-        return sp.csr_matrix(shape, dtype=np.float64)
+        return iter([sp.csr_matrix(shape, dtype=np.float64)])
     speed, direction = _draw_winds(site, t_obs, rng, wind_speed_range, prevailing_from_deg, direction_spread_deg)
 
     # (receptor, step) pairs: the steps lying wholly inside [t_obs - back, t_obs)
@@ -162,11 +180,25 @@ def plume_footprints(
     centre_x, centre_y = distance * np.sin(theta), distance * np.cos(theta)
     coslat = np.cos(np.deg2rad(lat_r))
 
+    pairs = (sigma, row, step, weight, centre_x, centre_y, lat_r, lon_r, coslat)
+    edges = [0, n_obs] if rows_per_block is None else list(range(0, n_obs, rows_per_block)) + [n_obs]
+    return (_plume_block(grid, pairs, start_row, stop_row, shape[1], cutoff)
+            for start_row, stop_row in itertools.pairwise(edges))
+
+
+def _plume_block(grid: Grid, pairs, start_row: int, stop_row: int, n_columns: int, cutoff: float) -> sp.csr_matrix:
+    """Rows [start_row, stop_row) of the footprints from the (receptor, step) pairs (steps 4–6
+    of the module docstring)."""
+    (nlat, nlon) = grid.shape
+    sigma_all, row_all, step_all, weight_all, cx_all, cy_all, lat_r, lon_r, coslat = pairs
+    lo, hi = np.searchsorted(row_all, [start_row, stop_row])  # pairs are ordered by receptor
+    sigma, row, step = sigma_all[lo:hi], row_all[lo:hi] - start_row, step_all[lo:hi]
+    weight, centre_x, centre_y = weight_all[lo:hi], cx_all[lo:hi], cy_all[lo:hi]
     rows_out, cols_out, vals_out = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0)]
     # Similar sigma means similar window sizes, so little padding inside a block.
     order = np.argsort(sigma, kind="stable")
     for chunk in np.array_split(order, max(1, math.ceil(order.size / _PAIRS_PER_CHUNK))):
-        r, s = row[chunk], sigma[chunk][:, None]
+        r, s = row[chunk] + start_row, sigma[chunk][:, None]
         y_edges = (grid.lat_bounds[None, :, :] - lat_r[r, None, None]) * _KM_PER_DEGREE
         x_edges = (grid.lon_bounds[None, :, :] - lon_r[r, None, None]) * (_KM_PER_DEGREE * coslat[r, None, None])
         fy = _cell_integrals((y_edges[..., 0] - centre_y[chunk, None]) / s, (y_edges[..., 1] - centre_y[chunk, None]) / s)
@@ -190,5 +222,6 @@ def plume_footprints(
             cols_out.append((step[pair] * nlat + ii[p, a]) * nlon + jj[p, b])
             vals_out.append(weight[pair] * cell[p, a, b])
 
-    coo = sp.coo_matrix((np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))), shape=shape)
+    coo = sp.coo_matrix((np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
+                        shape=(stop_row - start_row, n_columns))
     return coo.tocsr()

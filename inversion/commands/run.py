@@ -1,9 +1,15 @@
 """``tanhui run``: validate every input, build H, B, R, solve, write the outputs.
 
-Exit codes: 0 done; 75 (EX_TEMPFAIL) the variational solve was stopped (SIGTERM/SIGUSR1, a STOP
-file, ``--stop-after``) after writing a checkpoint — run the same command again to resume; 2 bad
-input or configuration (including a checkpoint of a different run); 1 any other failure (under
-MPI the job is aborted, and every rank's log names the failing rank and the last checkpoint).
+Exit codes: 0 done; 75 (EX_TEMPFAIL) the run was stopped (SIGTERM/SIGUSR1, a STOP file,
+``--stop-after``): during the solve after writing a checkpoint, before it with nothing to save —
+run the same command again to resume; 2 bad input or configuration (including a checkpoint of a
+different run); 1 any other failure (under MPI the job is aborted, and every rank's log names
+the failing rank and the last checkpoint).
+
+SIGTERM and SIGUSR1 only set a flag for the whole run (:class:`inversion.checkpoint.StopRequest`),
+checked by every rank at the same safe points: after the inputs are validated, after the
+problem is built, and inside the solver (each CG iteration or accumulated block).  A signal
+during the output writing lets the (small, atomic) outputs finish: the run then exits 0.
 """
 
 from __future__ import annotations
@@ -28,20 +34,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--solver", choices=["analytical", "variational"], help="override solver.method")
     parser.add_argument("--overwrite", action="store_true", help="replace another run's outputs in the output dir")
     parser.add_argument("--restart", action="store_true",
-                        help="discard a checkpoint of the variational solve instead of resuming from it")
+                        help="discard a checkpoint of the solve instead of resuming from it")
     parser.add_argument("--no-report", action="store_true",
                         help="skip the report step (tanhui report OUTPUT_DIR makes it later)")
     parser.add_argument("--stop-after", type=int, metavar="N",
-                        help="checkpoint and stop (exit 75) once N CG iterations are done in total: splits a long "
-                             "solve over several jobs, or rehearses a preemption")
-    parser.epilog = ("The variational solver resumes automatically from a valid checkpoint in solver.checkpoint_dir "
-                     "(default OUTPUT_DIR/checkpoint). Exit codes: 0 done, 75 checkpointed and stopped (rerun to "
-                     "resume), 2 bad input, 1 failure.")
+                        help="checkpoint and stop (exit 75) once N CG iterations (variational) or N accumulation "
+                             "steps (analytical) are done in total: splits a long solve over several jobs, or "
+                             "rehearses a preemption")
+    parser.epilog = ("Both solvers resume automatically from a valid checkpoint in solver.checkpoint_dir (default "
+                     "OUTPUT_DIR/checkpoint). SIGTERM/SIGUSR1 or a STOP file there stop the run at the next safe point. "
+                     "Exit codes: 0 done, 75 stopped (rerun to resume), 2 bad input, 1 failure.")
 
 
 def main(args, comm) -> int:
+    from ..checkpoint import StopRequest
+
+    t0 = time.perf_counter()
+    # For the whole run a signal only sets a flag, checked at the safe points below (the STOP
+    # file is added once the configuration names the checkpoint directory).
+    stop = StopRequest(stop_after=args.stop_after)
+    with stop:
+        return _run(args, comm, stop, t0)
+
+
+def _run(args, comm, stop, t0) -> int:
     from ..aggregates import WHOLE_RUN, report_unit
-    from ..checkpoint import STOP_FILE, Checkpointer, Stopped, StopRequest, describe_files, fingerprint
+    from ..checkpoint import STOP_FILE, Checkpointer, Stopped, describe_files, fingerprint
     from transport.errors import InputError
 
     from ..config import ConfigError, load_config, provenance
@@ -55,7 +73,6 @@ def main(args, comm) -> int:
     from ..progress import log
     from ..solvers import solve
 
-    t0 = time.perf_counter()
     config = load_config(args.config)
     updates = {}
     if args.output_dir is not None:
@@ -66,7 +83,15 @@ def main(args, comm) -> int:
         config = config.model_copy(update={"solver": config.solver.model_copy(update={"method": args.solver})})
     out_dir = config.run.output_dir
     check_output_dir(out_dir, args.overwrite)
-    checkpointer = None
+    directory = config.solver.checkpoint_dir or out_dir / "checkpoint"
+    stop.stop_file = directory / STOP_FILE if comm.is_root else None  # rank 0 only: spare a parallel file system
+    checkpointer, resuming = None, False
+
+    def safe_point(where: str) -> None:
+        """Collective, outside the solver: stop here when any rank was signalled (or STOP exists)."""
+        if checkpointer.stopping():
+            raise Stopped(checkpointer.path if resuming else None, None, checkpointer.stop_reason, where)
+
     try:
         inputs = open_inputs(config, comm)
         truth = read_truth(config, inputs.state)
@@ -79,18 +104,18 @@ def main(args, comm) -> int:
             check_inventory(config.report.inventory, config, report_names, codes)
         t_inputs = time.perf_counter()
         hashes = comm.bcast(provenance(config) if comm.is_root else None)  # the inputs exist: checked above
-        if config.solver.method == "variational":  # a foreign checkpoint is refused before the heavy work
-            directory = config.solver.checkpoint_dir or out_dir / "checkpoint"
-            stop = StopRequest(stop_file=directory / STOP_FILE, stop_after=args.stop_after, check_file=comm.is_root)
-            checkpointer = Checkpointer(directory, comm, fingerprint(config, hashes),
-                                        every=config.solver.checkpoint_every, stop=stop, files=describe_files(config))
-            if args.restart:
-                checkpointer.remove()
-                comm.barrier()
-            elif checkpointer.check():
-                log.info("a checkpoint of this run exists: the solve resumes from %s", checkpointer.path)
+        # a foreign checkpoint is refused before the heavy work
+        checkpointer = Checkpointer(directory, comm, fingerprint(config, hashes), every=config.solver.checkpoint_every,
+                                    stop=stop, files=describe_files(config), kind=config.solver.method)
+        if args.restart:
+            checkpointer.remove()
+            comm.barrier()
+        elif resuming := checkpointer.check():
+            log.info("a checkpoint of this run exists: the solve resumes from %s", checkpointer.path)
+        safe_point("input reading, before the solve")
         problem = build_problem(config, comm, inputs)
         t_build = time.perf_counter()
+        safe_point("building of the problem, before the solve")
         # Base totals (sector, report region, interval); the variational solver computes the
         # exact covariance of the optimised rows by extra solves (every reported total is a
         # linear combination of them: inversion.report.totals).
@@ -98,18 +123,22 @@ def main(args, comm) -> int:
         aggregates = optimised_part(base_agg, problem.state)
         posterior = solve(problem, aggregates, checkpoint=checkpointer)
     except Stopped as exc:
-        log.warning("%s: rerun the same command (or requeue the job) to resume; exit code %d", exc,
-                    EXIT_CHECKPOINTED)
-        if comm.size > 1:
-            comm.exit_all(EXIT_CHECKPOINTED)  # every rank stopped together: exit without MPI_Abort
+        log.warning("%s; exit code %d", exc, EXIT_CHECKPOINTED)
+        from ..requeue import requeue_action
+
+        requeue = requeue_action(comm, exc.reason, exc.path)  # rank 0 of a signalled, requeueable Slurm job
+        if comm.size > 1:  # every rank stopped together: exit without MPI_Abort, requeue last
+            comm.exit_all(EXIT_CHECKPOINTED, last=requeue)
+        if requeue is not None:
+            requeue()  # Slurm ends the job's processes at once: the last action
         return EXIT_CHECKPOINTED
-    except (InputError, ConfigError):
-        raise  # reported by the CLI with the file, variable and fix
     except Exception as exc:
-        # Every rank's log (and per-rank file with --log-dir) says who failed, what, and what survives.
-        saved = (f"last checkpoint {checkpointer.path} (iteration {checkpointer.last_saved})"
-                 if checkpointer is not None and checkpointer.last_saved is not None else "no checkpoint written")
-        log.error("rank %d of %d failed: %s: %s; %s", comm.rank, comm.size, type(exc).__name__, exc, saved)
+        # Every rank's log (and per-rank file with --log-dir) says who failed, what, and what survives;
+        # bad input in a serial run is only the CLI's message (file, variable, fix).
+        if comm.size > 1 or not isinstance(exc, (InputError, ConfigError)):
+            saved = (f"last checkpoint {checkpointer.path} (iteration {checkpointer.last_saved})"
+                     if checkpointer is not None and checkpointer.last_saved is not None else "no checkpoint written")
+            log.error("rank %d of %d failed: %s: %s; %s", comm.rank, comm.size, type(exc).__name__, exc, saved)
         raise
     t_solve = time.perf_counter()
     observations = modelled_observations(problem, posterior, inputs.store.obs)
@@ -134,9 +163,11 @@ def main(args, comm) -> int:
         log.info("outputs written to %s (%.1f s)", out_dir, time.perf_counter() - t0)
         if not args.no_report:  # the last step: the report of this run
             make_report(out_dir)
-    if checkpointer is not None:
-        checkpointer.remove()
+    checkpointer.remove()
     comm.barrier()
+    if stop.signal_name is not None:
+        log.warning("signal %s arrived after the solve had completed (after its last safe point): the outputs in %s "
+                    "are complete, nothing to resume; exit code %d", stop.signal_name, out_dir, EXIT_OK)
     return EXIT_OK
 
 def _print_summary(config, rows, diag, has_truth, unit, whole) -> None:

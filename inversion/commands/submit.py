@@ -31,7 +31,7 @@ DEFAULTS = {
     "ingest": {"parts": 4, "time_step": "1h", "args": [], "time": "", "cpus_per_task": 1, "mem": ""},
     "merge": {"time": "", "mem": ""},
     "solve": {"ntasks": 2, "ntasks_per_node": 0, "cpus_per_task": 1, "time": "", "mem": "", "signal_seconds": 600,
-              "args": []},
+              "requeue": True, "args": []},
     "report": {"time": "", "mem": ""},
 }
 
@@ -105,7 +105,9 @@ def plan(config_path: str, profile: dict, *, ingest: list[str] | None, slurm_dir
                                 "--out", store]))
     solve = profile["solve"]
     # The report gets its own (serial) job, so the MPI allocation is released once the outputs are written.
+    # --requeue lets `tanhui run` requeue its own job when a signal stops it (inversion.requeue)
     steps.append(("solve", [*common, *_resources(solve), f"--signal=B:USR1@{int(solve['signal_seconds'])}",
+                            "--requeue" if solve["requeue"] else "--no-requeue",
                             str(slurm_dir / "solve.sbatch"), str(config.source), *solve["args"],
                             *(["--no-report"] if report_available else [])]))
     if report_available:

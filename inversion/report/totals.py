@@ -336,15 +336,13 @@ def resolution(state: StateSpace, report: Regions | None) -> np.ndarray:
     they are the state regions); 0.2 when R is a fifth of one state region, whose total then
     follows that region's scaling factors: the state cannot resolve R."""
     area = state.regions.grid.cell_area().ravel()
-    m_state = state.regions.fraction.reshape(state.n_region, -1)
-    if report is None or (report.names == state.regions.names and np.array_equal(report.fraction,
-                                                                                 state.regions.fraction)):
+    if report is None or report.same_as(state.regions):
         return np.ones(state.n_region)
-    m_report = report.fraction.reshape(report.size, -1)
-    overlap = (m_report * area) @ m_state.T  # O_Rr, m²
-    size_r = m_state @ area
-    size_R = m_report @ area
-    return np.sum(overlap**2 / np.where(size_r > 0, size_r, np.inf)[None, :], axis=1) / size_R
+    overlap = report.matrix.multiply(area[None, :]).tocsr() @ state.regions.matrix.T  # O_Rr, m², sparse
+    size_r = state.regions.area_m2()
+    size_R = report.area_m2()
+    share = overlap.multiply(overlap).multiply(1.0 / np.where(size_r > 0, size_r, np.inf)[None, :])
+    return np.asarray(share.sum(axis=1)).ravel() / size_R
 
 
 def make_base_totals(*, species: str, state: StateSpace, report: Regions | None, codes, intervals: TimeAxis,
@@ -353,7 +351,6 @@ def make_base_totals(*, species: str, state: StateSpace, report: Regions | None,
     """Assemble :class:`BaseTotals` from the run (``totals`` = ``posterior.aggregate`` of the
     optimised rows)."""
     regions = report if report is not None else state.regions
-    cell_area = regions.grid.cell_area().ravel()
     dt = state.flux_time.duration_s
     inside = state.period_of_step >= 0
     where = intervals.locate(state.flux_time.start[inside])
@@ -361,11 +358,12 @@ def make_base_totals(*, species: str, state: StateSpace, report: Regions | None,
     return BaseTotals(
         species=species, sectors=sectors, optimised=np.array([s in state.sectors for s in sectors]),
         regions=tuple(regions.names), codes=tuple(codes), intervals=intervals, seconds=seconds,
-        state_periods=state.periods, matrix=agg.matrix, offset=agg.offset, prior=agg.offset + agg.matrix @ x_b,
+        state_periods=state.periods, matrix=agg.matrix.toarray(), offset=agg.offset,
+        prior=agg.offset + agg.matrix @ x_b,
         posterior=agg.offset + agg.matrix @ x_a, truth=None if truth is None else agg.offset + agg.matrix @ truth,
         prior_cov=totals["prior_cov"], posterior_cov=totals["posterior_cov"],
         posterior_cov_lowrank=totals.get("posterior_cov_lowrank"), fraction=regions.fraction, grid=regions.grid,
-        solver=solver, area=regions.fraction.reshape(regions.size, -1) @ cell_area,
+        solver=solver, area=regions.area_m2(),
         resolution=resolution(state, report), mask_attributes=dict(mask_attributes or {}))
 
 
@@ -389,14 +387,18 @@ def net_aggregates(base: BaseTotals, agg: Aggregates) -> tuple[Aggregates, dict]
 
 def region_codes(path: Path, names) -> tuple[tuple[str, ...], dict]:
     """``region_code`` of a mask file written by ``tanhui regions build`` (else the names) and
-    the file's attributes (its provenance: sources, method, DCW version)."""
-    from ..io import open_netcdf
+    the file's attributes (its provenance: sources, method, DCW version); the names for
+    ``state.regions = "grid"`` (no file).  Reads only the codes, not the fractions."""
+    from ..io import netcdf_reader
+    from ..regions import GRID_CELLS
 
-    ds = open_netcdf(path, "region mask")
-    attrs = {str(k): str(v) for k, v in ds.attrs.items()}
-    attrs["file"] = str(path)
-    if "region_code" in ds and ds["region_code"].sizes.get("region") == len(names):
-        return tuple(str(c) for c in ds["region_code"].values), attrs
+    if str(path) == GRID_CELLS:
+        return tuple(names), {"file": "none: every grid cell is a region (state.regions = \"grid\")"}
+    with netcdf_reader(path, "region mask") as ds:
+        attrs = {str(k): str(v) for k, v in ds.attrs.items()}
+        attrs["file"] = str(path)
+        if "region_code" in ds and ds["region_code"].sizes.get("region") == len(names):
+            return tuple(str(c) for c in ds["region_code"].values), attrs
     return tuple(names), attrs
 
 
@@ -424,7 +426,7 @@ def base_totals_dataset(base: BaseTotals) -> xr.Dataset:
                        {**mol, "long_name": "a in T = c + a.x (per unit of each state element)"}),
             "prior_covariance": (("row", "row_"), base.prior_cov, {"units": "mol2 s-2"}),
             "posterior_covariance": (("row", "row_"), base.posterior_cov,
-                                     {"units": "mol2 s-2", "method": "exact (dense A)" if base.solver == "analytical"
+                                     {"units": "mol2 s-2", "method": "exact (analytical solver)" if base.solver == "analytical"
                                       else "exact (block-CG solves with I + G)"}),
             "region_fraction": (("region", "lat", "lon"), base.fraction, {"units": "1"}),
             "lat_bnds": (("lat", "bnds"), base.grid.lat_bounds, {"units": "degrees_north"}),

@@ -63,8 +63,13 @@ def test_every_run_has_its_bound_and_ratio(report):
         mem = f["memory"]
         assert _positive(mem["predicted_bytes"]) and mem["peak_rss_bytes"] >= mem["measured_bytes"]
         assert mem["ratio"] == pytest.approx(mem["measured_bytes"] / mem["predicted_bytes"])
+        for phase in ("build", "solve"):
+            assert _positive(mem[f"{phase}_predicted_bytes"]) and mem[f"{phase}_measured_bytes"] <= mem["measured_bytes"]
         if r["task"] == "variational":
             assert r["converged"] and r["iterations"] >= 1
+            h = f["hessian"]
+            assert _positive(h["kron_flops"]) and h["bound_kron_seconds"] > h["bound_seconds"]
+            assert h["ratio_kron"] == pytest.approx(h["seconds"] / h["bound_kron_seconds"])
     if len(ranks) > 1:
         assert size["scaling"]["analytical"]["solve@2"]["efficiency"] == pytest.approx(
             size["scaling"]["analytical"]["solve@2"]["speedup"] / 2)
@@ -87,3 +92,18 @@ def test_ingestion_is_measured_against_the_disk(report):
     for run in ing["runs"].values():
         assert _positive(run["seconds"]) and run["ratio"] == pytest.approx(run["seconds"] / run["bound_seconds"])
     assert "| ingestion of" in table
+
+
+def test_generation_is_recorded_and_reports_merge(report):
+    data, _, work = report
+    (size,) = data["sizes"]
+    assert _positive(size["generation"]["seconds"]) and _positive(size["generation"]["peak_rss_bytes"])
+    out = work / "results.json"
+    merged = work / "merged.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--from-json", f"{out},{out}", "--out", str(merged),
+                           "--work-dir", str(work / "w")], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads(merged.read_text())
+    assert [s["size"] for s in again["sizes"]] == ["smoke"]  # the same size twice: one entry
+    assert again["sizes"][0]["naive"]["speedup"] == size["naive"]["speedup"]

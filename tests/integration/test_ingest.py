@@ -24,6 +24,7 @@ from transport.formats.common import ReaderOptions
 from transport.formats.detect import read_footprints
 from transport.grid import Grid, TimeAxis
 from transport.ingest import IngestOptions, ingest, parts_dir
+from transport.regrid import ConservativeRegridder
 from transport.store import FootprintStore
 
 try:
@@ -401,3 +402,40 @@ def test_inspect_prints_the_summary_and_writes_the_total_sensitivity_map(referen
         total = ds["total_sensitivity"]
         assert total.attrs["units"] == "m2 s mol-1" and total.shape == GRID.shape
         assert float(total.sum()) == pytest.approx(float(store.read_rows(0, store.n_obs).astype(np.float64).sum()), rel=1e-9)
+
+
+def sparse_product_row(record, grid: Grid, axis: TimeAxis) -> sp.csr_matrix:
+    """The store row computed independently as the sparse product Wᵀ K of the (slot × step)
+    overlap fractions W (written out with loops) and the record's (slot × cell) values — the
+    way ingestion computed it before it summed densely — its exact zeros dropped, float32."""
+    n_slot = record.slots.size
+    weights = sp.lil_matrix((n_slot, axis.size))
+    for s in range(n_slot):
+        a, b = record.slots.start[s].astype(np.int64), record.slots.end[s].astype(np.int64)
+        for k in range(axis.size):
+            overlap = min(b, axis.end[k].astype(np.int64)) - max(a, axis.start[k].astype(np.int64))
+            if overlap > 0:
+                weights[s, k] = overlap / (b - a)
+    values = record.values
+    if not record.grid.same_as(grid, atol_deg=1e-3 * 0.1):
+        values = ConservativeRegridder(record.grid, grid).extensive(values)
+    steps = (weights.tocsr().T @ sp.csr_matrix(values.reshape(n_slot, -1))).tocoo()
+    columns = steps.row.astype(np.int64) * grid.size + steps.col
+    return sp.csr_matrix((steps.data.astype(np.float32), (np.zeros_like(columns), columns)), shape=(1, axis.size * grid.size))
+
+
+@pytest.mark.parametrize("target", ["same", "coarse"])
+def test_stored_rows_equal_the_sparse_product_bit_for_bit(tmp_path, target):
+    # 2-hourly slots on 3-hourly steps (weights ½ and 1), on the source grid and regridded
+    paths = write_stilt_files(tmp_path / "in", n_per_site=2, n_slot=7, step_h=2)
+    grid = GRID if target == "same" else Grid.regular(40.0, 41.2, -113.0, -111.8, 0.3, 0.4)
+    out = tmp_path / "store.h5"
+    ingest(paths, out, grid, AXIS, options=IngestOptions(regrid=True))
+    store = FootprintStore(out)
+    rows = store.read_rows(0, store.n_obs)
+    records = {r.receptor.obs_id: r for p in paths for r in read_footprints(p)}
+    assert store.n_obs == len(records) == len(paths)
+    for i, obs_id in enumerate(store.obs["obs_id"].values):
+        expected, got = sparse_product_row(records[obs_id], grid, AXIS), rows[i]
+        assert expected.nnz > 0 and np.array_equal(got.indices, expected.indices), obs_id
+        assert got.data.dtype == np.float32 and np.array_equal(got.data, expected.data), obs_id

@@ -280,7 +280,8 @@ def test_solve_forwards_the_solver_settings(problem72, monkeypatch):
     out = solvers.solve(_with_solver(problem72, method="variational", form="state", tolerance=1e-5,
                                      max_iterations=7, reorthogonalize=False), aggregates=agg)
     assert out == "sentinel"
-    assert calls == [{"form": "state", "tolerance": 1e-5, "max_iterations": 7, "reorthogonalize": False, "aggregates": agg}]
+    assert calls == [{"form": "state", "tolerance": 1e-5, "max_iterations": 7, "reorthogonalize": False, "aggregates": agg,
+                      "posterior_covariance": "auto", "block_rows": None}]
 
 
 def test_non_converged_variational_run_says_so(problem72):
@@ -291,3 +292,68 @@ def test_non_converged_variational_run_says_so(problem72):
     assert diag["stop_reason"] == "max_iter"
     assert diag["relative_residual"] > 1e-12
     assert len(post.covariance.eigenvalues) == 2
+
+
+# ---- analytical, aggregates-only posterior (A never formed) -----------------------------------
+
+
+def _random_aggregates(n: int, k: int, rng: np.random.Generator) -> Aggregates:
+    return Aggregates(region=tuple(f"a{i}" for i in range(k)), period=np.zeros(k, dtype=np.int64),
+                      start=np.zeros(k, dtype="datetime64[s]"), end=np.zeros(k, dtype="datetime64[s]"),
+                      matrix=rng.standard_normal((k, n)), offset=rng.standard_normal(k))
+
+
+def test_aggregates_only_posterior_is_exact_for_every_aggregate(problem):
+    """posterior_covariance = "aggregates": the observation form, the mean of the dense route,
+    M A Mᵀ of the report aggregates from the solve and of any other aggregate on demand, the
+    per-element σ, χ² and DOFS (n_obs − trace(S⁻¹ R)) all equal the dense reference."""
+    from inversion.posterior import FactorisedPosteriorCovariance
+
+    ref = reference(problem)
+    n = problem.state.size
+    agg = _random_aggregates(n, 5, np.random.default_rng(1))
+    post = solvers.solve_analytical(problem, posterior_covariance="aggregates", aggregates=agg)
+    assert post.diagnostics["form"] == "observation"
+    assert post.diagnostics["posterior_covariance"] == "aggregates"
+    assert isinstance(post.covariance, FactorisedPosteriorCovariance)
+    assert_mean_agrees(post.x_a, ref)
+    M = agg.matrix.toarray() if hasattr(agg.matrix, "toarray") else agg.matrix
+    totals = post.aggregate(agg)
+    assert "posterior_cov_lowrank" not in totals  # nothing approximate to show beside it
+    assert _rel(totals["posterior_cov"], M @ ref.A @ M.T) < AGREEMENT
+    assert _rel(post.covariance.aggregate_variance(M), np.diag(M @ ref.A @ M.T)) < AGREEMENT
+    assert_covariance_agrees(post.aggregate(identity_aggregates(n))["posterior_cov"], ref)  # on demand
+    np.testing.assert_allclose(post.posterior_sd(), np.sqrt(np.diag(ref.A)), rtol=AGREEMENT)
+    assert post.diagnostics["chi2"] == pytest.approx(ref.chi2, rel=1e-10)
+    assert post.diagnostics["dofs"] == pytest.approx(ref.dofs, rel=1e-8)
+
+
+def test_auto_posterior_covariance_falls_back_to_aggregates_when_dense_does_not_fit(problem72, monkeypatch):
+    from inversion.posterior import DensePosteriorCovariance, FactorisedPosteriorCovariance
+
+    agg = identity_aggregates(problem72.state.size)
+    assert isinstance(solvers.solve_analytical(problem72, aggregates=agg).covariance, DensePosteriorCovariance)
+    monkeypatch.setattr(solvers, "dense_posterior_fits", lambda n_state: False)
+    post = solvers.solve_analytical(problem72, aggregates=agg)
+    assert isinstance(post.covariance, FactorisedPosteriorCovariance)
+    assert post.diagnostics["form"] == "observation"  # auto form, although n_state ≤ n_obs here
+    assert post.exact_for is agg
+    # an explicit state form keeps the dense A (it factorises n_state² anyway)
+    assert isinstance(solvers.solve_analytical(problem72, form="state").covariance, DensePosteriorCovariance)
+    with pytest.raises(ValueError, match="observation form"):
+        solvers.solve_analytical(problem72, form="state", posterior_covariance="aggregates")
+    with pytest.raises(ValueError, match="observation"):
+        SolverConfig(form="state", posterior_covariance="aggregates")
+
+
+def test_aggregates_only_state_file_has_sigma_but_no_covariance(problem72, tmp_path):
+    from inversion.outputs import _state_dataset
+
+    dense = solvers.solve_analytical(problem72, posterior_covariance="dense")
+    post = solvers.solve_analytical(problem72, posterior_covariance="aggregates")
+    ds = _state_dataset(problem72.state, post, None, problem72.config.run.species)
+    assert "posterior_covariance" not in ds and "ritz_vectors" not in ds
+    assert "not stored" in ds.attrs["posterior_covariance"]
+    np.testing.assert_allclose(ds["posterior_sd_scaling_factor"].values,
+                               _state_dataset(problem72.state, dense, None, "co2")["posterior_sd_scaling_factor"].values,
+                               rtol=1e-8)

@@ -145,9 +145,9 @@ def test_row_layout_and_background_offsets():
     np.testing.assert_array_equal(agg.end[:n_p], np.append(state.periods.end, state.periods.end[-1]))
     # Offsets (last state element, mol mol-1) never enter a flux total; x_s,p,r enters only
     # its own region's rows for period p (plus ALL and the whole run).
-    np.testing.assert_array_equal(agg.matrix[:, state.n_flux:], 0.0)
+    np.testing.assert_array_equal(agg.matrix[:, state.n_flux:].toarray(), 0.0)
     col = state.flux_index(1, 2, 1)  # ocean, period 2, R2
-    assert set(np.flatnonzero(agg.matrix[:, col])) == {row(agg, "R2", 2), row(agg, "R2", WHOLE_RUN),
+    assert set(np.flatnonzero(agg.matrix[:, col].toarray())) == {row(agg, "R2", 2), row(agg, "R2", WHOLE_RUN),
                                                        row(agg, DOMAIN, 2), row(agg, DOMAIN, WHOLE_RUN)}
 
 

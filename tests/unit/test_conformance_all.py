@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
 
 from inversion.config import load_config
 from inversion.covariance import BlockDiagonal, Dense, Diagonal, Kronecker, exponential_correlation, scaled_correlation
 from inversion.operators import ObservationOperator
 from inversion.parallel import SerialComm
 from inversion.problem import build_problem, open_inputs, prior_covariance
+from inversion.solvers import hessian_operator
 from inversion.testing import check_covariance, check_linear_operator
 from transport.grid import Grid, TimeAxis
 from transport.operator import FootprintOperator
@@ -156,6 +158,14 @@ def _observation_operator_with_extras(p, rng) -> ObservationOperator:
     return ObservationOperator(K, p.state.E, site_of, len(p.state.sites), SerialComm(), extra_columns=X)
 
 
+def _hessian(p) -> LinearOperator:
+    """The variational solver's v ↦ (I + G) v as a LinearOperator; symmetric, so its adjoint is
+    itself and the dot-product test checks the symmetry of the product as implemented."""
+    apply = hessian_operator(p, 1.0 / p.R.variance())
+    n = p.B.size
+    return LinearOperator((n, n), matvec=apply, rmatvec=apply, matmat=apply, rmatmat=apply, dtype=np.float64)
+
+
 def _footprint_rows(p):
     """The footprint rows of a problem's observations, re-read from its store."""
     store = FootprintStore(p.config.transport.footprints)
@@ -179,6 +189,8 @@ OPERATORS: dict[str, Callable] = {
     "ObservationOperator(K, E, offsets, extra columns)": lambda rng, request: _observation_operator_with_extras(
         request.getfixturevalue("problem"), rng),
     "ObservationOperator(K, E, n_sites=0)": lambda rng, request: _observation_operator_without_sites(
+        request.getfixturevalue("problem")),
+    "hessian_operator(problem) = I + G (symmetric: rmatvec = matvec)": lambda rng, request: _hessian(
         request.getfixturevalue("problem")),
 }
 for _name, _factory in COVARIANCES.items():

@@ -43,11 +43,21 @@ def test_forward_and_adjoint_equal_dense_products(matrix):
     assert np.dot(op.matvec(x), y) == pytest.approx(np.dot(x, op.rmatvec(y)), rel=1e-12)
 
 
-def test_matrix_is_a_float64_copy(matrix):
+def test_float32_rows_are_kept_without_copy_and_products_are_float64(matrix):
     op = FootprintOperator(matrix)
-    assert sp.issparse(op.matrix) and op.matrix.format == "csr" and op.matrix.dtype == np.float64
-    matrix.data[:] = 0.0
-    assert op.matrix.nnz > 0 and np.all(op.matrix.data != 0)
+    assert sp.issparse(op.matrix) and op.matrix.format == "csr" and op.matrix.dtype == np.float32
+    assert np.shares_memory(op.matrix.data, matrix.data)
+    # float32 inputs too: the sums run in float64 over the float32 values
+    x = np.random.default_rng(4).normal(size=30).astype(np.float32)
+    exact = matrix.toarray().astype(np.float64) @ x.astype(np.float64)
+    assert op.matvec(x).dtype == np.float64 and op.matmat(x[:, None]).dtype == np.float64
+    np.testing.assert_allclose(op.matvec(x), exact, rtol=1e-13)  # float32 sums would be off by ~1e-7
+    assert op.rmatvec(np.ones(12, np.float32)).dtype == np.float64
+
+
+def test_integer_matrices_become_float64():
+    op = FootprintOperator(sp.csr_matrix(np.eye(3, dtype=np.int64)))
+    assert op.matrix.dtype == np.float64 and op.dtype == np.float64
 
 
 def test_adjoint_reduces_exactly_once_and_local_adjoint_never(matrix):

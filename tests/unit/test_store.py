@@ -87,6 +87,16 @@ def test_partial_reads_equal_slices_of_the_full_matrix(stored, start, stop):
     np.testing.assert_array_equal(part.toarray(), matrix[start:stop].astype(np.float32).toarray())
 
 
+def test_rows_read_as_float64_are_the_stored_float32_values_and_still_checked(stored):
+    store, matrix = stored
+    part = store.read_rows(2, 9, dtype=np.float64)
+    assert part.dtype == np.float64 and part.indices.dtype == np.int32
+    np.testing.assert_array_equal(part.toarray(), matrix[2:9].astype(np.float32).astype(np.float64).toarray())
+    corrupt(store.path, "footprint/data", matrix.indptr[4], np.inf)
+    with pytest.raises(InputError, match="1 NaN or inf values in 1 observations"):
+        store.read_rows(2, 9, dtype=np.float64)
+
+
 def test_row_blocks_cover_all_rows_in_order(stored):
     store, matrix = stored
     blocks = list(store.iter_row_blocks(nnz_per_block=50))

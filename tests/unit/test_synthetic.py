@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from transport.errors import InputError
 from transport.grid import Grid, TimeAxis
-from transport.synthetic import plume_footprints
+from transport.synthetic import plume_footprint_blocks, plume_footprints
 
 GRID = Grid.regular(20, 45, 100, 125, 0.5, 0.5)
 AXIS = TimeAxis.regular("2020-01-01", "2020-01-05", "3h")  # 32 steps
@@ -79,6 +80,20 @@ def test_same_seed_same_result_and_receptor_order_does_not_matter(footprints):
     order = np.random.default_rng(7).permutation(len(rec["time"]))
     shuffled = plume_footprints(GRID, AXIS, {k: np.asarray(v)[order] for k, v in rec.items()}, rng=np.random.default_rng(42))
     assert abs(shuffled - K[order]).max() == 0.0
+
+
+def test_blocks_stack_to_the_whole_matrix_and_leave_rng_as_the_whole_call(footprints):
+    rec, K = footprints
+    rng = np.random.default_rng(42)
+    blocks = plume_footprint_blocks(GRID, AXIS, rec, rng=rng, rows_per_block=50)
+    after_call = rng.random()  # winds are drawn at the call, before any block is consumed
+    blocks = list(blocks)
+    assert [b.shape[0] for b in blocks] == [50, 50, 20]
+    stacked = sp.vstack(blocks, format="csr")
+    assert stacked.shape == K.shape and (stacked != K).nnz == 0
+    whole = np.random.default_rng(42)
+    plume_footprints(GRID, AXIS, rec, rng=whole)
+    assert whole.random() == after_call
 
 
 def test_different_seeds_differ(footprints):

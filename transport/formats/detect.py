@@ -20,19 +20,18 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import xarray as xr
-
 from transport.errors import InputError
 from transport.formats import FootprintRecord
 from transport.formats.common import ReaderOptions, open_dataset
 from transport.formats.flexpart import read_flexpart
 from transport.formats.name import read_name
+from transport.formats.netcdf import NcDataset
 from transport.formats.stilt import read_stilt
 
 READERS = {"stilt": read_stilt, "flexpart": read_flexpart, "name": read_name}
 
 
-def detect_format(ds: xr.Dataset, path: str | os.PathLike) -> str:
+def detect_format(ds: NcDataset, path: str | os.PathLike) -> str:
     """``"stilt"``, ``"flexpart"`` or ``"name"`` from the variables of an open file."""
     names = set(map(str, ds.variables))
     if names & {"foot", "Footprint"}:

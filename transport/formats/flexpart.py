@@ -31,7 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from transport.errors import InputError
 from transport.formats import FootprintRecord, Receptor
@@ -49,13 +48,18 @@ from transport.formats.common import (
     values_of,
 )
 from transport.formats.name import read_series
-from transport.units import FOOTPRINT_UNITS, MOLAR_MASS_DRY_AIR_KG_PER_MOL, conversion_factor
+from transport.formats.netcdf import NcDataset
+from transport.units import (
+    FOOTPRINT_UNITS,
+    MOLAR_MASS_DRY_AIR_KG_PER_MOL,
+    conversion_factor,
+)
 
 _DIMS = {"nageclass", "pointspec", "time", "height", "latitude", "longitude"}
 _RELEASE_VARIABLES = ("RELCOM", "RELLNG1", "RELLNG2", "RELLAT1", "RELLAT2", "RELZZ1", "RELZZ2", "RELSTART", "RELEND")
 
 
-def _numbers(ds: xr.Dataset, path: Path, name: str, units_to: str | None = None) -> np.ndarray:
+def _numbers(ds: NcDataset, path: Path, name: str, units_to: str | None = None) -> np.ndarray:
     values = np.asarray(values_of(ds[name], path, name), dtype=np.float64).reshape(-1)
     if units_to is not None:
         units = attr_text(ds[name].attrs, "units")
@@ -65,14 +69,14 @@ def _numbers(ds: xr.Dataset, path: Path, name: str, units_to: str | None = None)
     return values
 
 
-def _release_names(ds: xr.Dataset, path: Path) -> list[str]:
+def _release_names(ds: NcDataset, path: Path) -> list[str]:
     raw = values_of(ds["RELCOM"], path, "RELCOM")
     if raw.dtype.kind in "SU" and raw.ndim == 2:  # (numpoint, nchar) character array
         raw = np.array([b"".join(row) if raw.dtype.kind == "S" else "".join(row) for row in raw])
     return [(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).strip() for v in raw.reshape(-1)]
 
 
-def _grid_time(ds: xr.Dataset, path: Path, options: ReaderOptions) -> Iterator[FootprintRecord]:
+def _grid_time(ds: NcDataset, path: Path, options: ReaderOptions) -> Iterator[FootprintRecord]:
     name = "spec001_mr"
     var = ds[name]
     if set(var.dims) != _DIMS:
@@ -136,7 +140,7 @@ def _grid_time(ds: xr.Dataset, path: Path, options: ReaderOptions) -> Iterator[F
                               source=path_text(path), notes=tuple(notes))
 
 
-def read_flexpart(ds: xr.Dataset, path: Path, options: ReaderOptions) -> Iterator[FootprintRecord]:
+def read_flexpart(ds: NcDataset, path: Path, options: ReaderOptions) -> Iterator[FootprintRecord]:
     """Records of a FLEXPART footprint file (see the module docstring)."""
     if "spec001_mr" in ds.variables:
         yield from _grid_time(ds, path, options)

@@ -42,7 +42,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from transport.errors import InputError
 from transport.formats import FootprintRecord, Receptor
@@ -60,6 +59,7 @@ from transport.formats.common import (
     time_variable,
     values_of,
 )
+from transport.formats.netcdf import NcDataset, NcVariable
 from transport.units import conversion_factor
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ EDGES = {"n": "lon", "s": "lon", "e": "lat", "w": "lat"}
 _POSITION_TOLERANCE_DEG = 0.01
 
 
-def _site_and_inlet(ds: xr.Dataset, path: Path, options: ReaderOptions) -> tuple[str, float, list[str]]:
+def _site_and_inlet(ds: NcDataset, path: Path, options: ReaderOptions) -> tuple[str, float, list[str]]:
     notes: list[str] = []
     match = _FILE_NAME.match(path.name)
     site_attr = attr_text(ds.attrs, "site")
@@ -89,7 +89,7 @@ def _site_and_inlet(ds: xr.Dataset, path: Path, options: ReaderOptions) -> tuple
     return site, inlet, notes
 
 
-def _degrees(ds: xr.Dataset, path: Path, name: str, kind: str, order: np.ndarray) -> np.ndarray:
+def _degrees(ds: NcDataset, path: Path, name: str, kind: str, order: np.ndarray) -> np.ndarray:
     if name not in ds.variables:
         raise InputError(path, name, "missing", "NAME/PARIS footprints give the receptor position as release_lat/release_lon")
     units = attr_text(ds[name].attrs, "units")
@@ -120,7 +120,7 @@ def _order(times: np.ndarray, path: Path, options: ReaderOptions) -> np.ndarray:
     return np.argsort(times, kind="stable")
 
 
-def _boundary(ds: xr.Dataset, path: Path, sgrid: SourceGrid, order: np.ndarray):
+def _boundary(ds: NcDataset, path: Path, sgrid: SourceGrid, order: np.ndarray):
     """(edges by record index → arrays, heights) or (None, None) when the file has none."""
     names = {edge: f"particle_locations_{edge}" for edge in EDGES}
     present = [n for n in names.values() if n in ds.variables]
@@ -152,7 +152,7 @@ def _boundary(ds: xr.Dataset, path: Path, sgrid: SourceGrid, order: np.ndarray):
     return edges, heights
 
 
-def _hitres(ds: xr.Dataset, path: Path, sgrid: SourceGrid, units: str | None):
+def _hitres(ds: NcDataset, path: Path, sgrid: SourceGrid, units: str | None):
     if "fp_HiTRes" not in ds.variables:
         raise InputError(path, "fp_HiTRes", "missing", "The file has no time-resolved footprint: drop --time-resolved")
     var = ds["fp_HiTRes"]
@@ -169,7 +169,7 @@ def _hitres(ds: xr.Dataset, path: Path, sgrid: SourceGrid, units: str | None):
     return var.transpose("time", "H_back", sgrid.lat_dim, sgrid.lon_dim), factor, h_back, float(steps[0]), notes
 
 
-def _identical_duplicates(var: xr.DataArray, times: np.ndarray, order: np.ndarray, path: Path, name: str) -> set[int]:
+def _identical_duplicates(var: NcVariable, times: np.ndarray, order: np.ndarray, path: Path, name: str) -> set[int]:
     """Positions (in ``order``) of repeated times whose footprints equal the kept one."""
     drop = set()
     sorted_times = times[order]
@@ -182,7 +182,7 @@ def _identical_duplicates(var: xr.DataArray, times: np.ndarray, order: np.ndarra
     return drop
 
 
-def read_series(ds: xr.Dataset, path: Path, options: ReaderOptions, variable: str, *,
+def read_series(ds: NcDataset, path: Path, options: ReaderOptions, variable: str, *,
                 time_resolved: bool = False) -> Iterator[FootprintRecord]:
     """Records of a receptor-time-series footprint file (NAME layout; see the module docstring)."""
     if variable not in ds.variables:
@@ -260,7 +260,7 @@ def read_series(ds: xr.Dataset, path: Path, options: ReaderOptions, variable: st
         )
 
 
-def read_name(ds: xr.Dataset, path: Path, options: ReaderOptions) -> Iterator[FootprintRecord]:
+def read_name(ds: NcDataset, path: Path, options: ReaderOptions) -> Iterator[FootprintRecord]:
     """Records of a NAME footprint file (one per receptor time; see the module docstring)."""
     if "fp" not in ds.variables and ("fp_low" in ds.variables or "fp_high" in ds.variables):
         raise InputError(path, "fp_low/fp_high", "nested NAME footprints are not supported",

@@ -34,7 +34,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from transport.errors import InputError
 from transport.formats import FootprintRecord, Receptor
@@ -53,6 +52,7 @@ from transport.formats.common import (
     uniform_step_s,
     values_of,
 )
+from transport.formats.netcdf import NcDataset, NcVariable
 
 DOCUMENTED_FILL_VALUES = (-1.0, -1e30, -1e34)
 
@@ -83,7 +83,7 @@ def _from_file_name(path: Path) -> dict | None:
     return None
 
 
-def _back_seconds(ds: xr.Dataset, path: Path, options: ReaderOptions) -> float:
+def _back_seconds(ds: NcDataset, path: Path, options: ReaderOptions) -> float:
     """Back-time B (s) of an integrated footprint: attribute ``backtime`` or the option."""
     text = attr_text(ds.attrs, "backtime")
     from_attr = abs(hours_text(text, path, "attribute backtime")) if text else None
@@ -97,7 +97,7 @@ def _back_seconds(ds: xr.Dataset, path: Path, options: ReaderOptions) -> float:
     return hours * 3600.0
 
 
-def _units_factor(var: xr.DataArray, path: Path, name: str, options: ReaderOptions) -> tuple[float, list[str]]:
+def _units_factor(var: NcVariable, path: Path, name: str, options: ReaderOptions) -> tuple[float, list[str]]:
     if name == "foot":
         return footprint_factor(var, path, name), []
     label = attr_text(var.attrs, "units")
@@ -115,7 +115,7 @@ def _units_factor(var: xr.DataArray, path: Path, name: str, options: ReaderOptio
     return 1.0, [f"units label {label!r} ignored: read as ppm/(umol m-2 s-1) (stilt_v1_units)"]
 
 
-def _site(ds: xr.Dataset, path: Path, options: ReaderOptions) -> str:
+def _site(ds: NcDataset, path: Path, options: ReaderOptions) -> str:
     if options.site:
         return options.site
     for key in ("site", "station"):
@@ -132,7 +132,7 @@ def _inside(grid, lat: float, lon: float) -> bool:
     return bool(grid.lat_bounds[0, 0] <= lat <= grid.lat_bounds[-1, 1] and grid.lon_bounds[0, 0] <= lon <= grid.lon_bounds[-1, 1])
 
 
-def read_stilt(ds: xr.Dataset, path: Path, options: ReaderOptions) -> Iterator[FootprintRecord]:
+def read_stilt(ds: NcDataset, path: Path, options: ReaderOptions) -> Iterator[FootprintRecord]:
     """Yield the one record of a STILT footprint file (see the module docstring)."""
     name = next((n for n in ("foot", "Footprint") if n in ds.variables), None)
     if name is None:
