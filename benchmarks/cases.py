@@ -82,7 +82,7 @@ SIZES = {
     "L": Size("L", 70, 120, 364, 7, (70, 120), 27, (4, 5, 6, 7, 8), 240, 24, ("variational",), 0,
               max_iterations=60, tolerance=1e-5, footprint_cutoff=3e-2, grid_regions=True, origin=(18.0, 73.0)),
     "L20k-analytical": Size("L20k-analytical", 70, 120, 364, 7, (70, 120), 11, (4, 5, 6, 7, 8), 240, 24,
-                            ("analytical",), 0, tolerance=1e-5, footprint_cutoff=3e-2, grid_regions=True,
+                            ("analytical-aggregates",), 0, tolerance=1e-5, footprint_cutoff=3e-2, grid_regions=True,
                             origin=(18.0, 73.0)),
 }
 

@@ -82,9 +82,8 @@ def cholesky_lower(a, *, name: str) -> np.ndarray:
     """
     a = check_symmetric(a, name=name)
     n = a.shape[0]
-    limit = threadpool_limits(1, user_api="blas") if n >= SINGLE_THREAD_CHOLESKY_N else contextlib.nullcontext()
     try:
-        with limit:
+        with _blas_guard(n):
             factor = scipy.linalg.cholesky(a, lower=True, check_finite=True)
     except np.linalg.LinAlgError as exc:
         raise CovarianceError(
@@ -105,16 +104,26 @@ def cholesky_lower(a, *, name: str) -> np.ndarray:
     return factor
 
 
+def _blas_guard(n: int):
+    """One BLAS thread for dense factorisations and products of order ``n`` ≥
+    ``SINGLE_THREAD_CHOLESKY_N`` (the OpenBLAS crash described at that constant), else as set."""
+    return threadpool_limits(1, user_api="blas") if n >= SINGLE_THREAD_CHOLESKY_N else contextlib.nullcontext()
+
+
+def _on_factor(routine, name: str, l: np.ndarray) -> np.ndarray:
+    """LAPACK ``routine`` (dpotri or dtrtri) on the lower factor, guarded; singular → error."""
+    with _blas_guard(l.shape[0]):
+        out, info = routine(l, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"{name} failed (info = {info}): the Cholesky factor is singular")
+    return out
+
+
 def cholesky_inverse(l: np.ndarray) -> np.ndarray:
     """a⁻¹ = L⁻ᵀ L⁻¹ from the lower Cholesky factor L of a (LAPACK potri: n³ flops, against
     2 n³ for L⁻¹ by a triangular solve and n³ more for the product), symmetric.  Single-threaded
     from ``SINGLE_THREAD_CHOLESKY_N`` on, as the factorisation."""
-    n = l.shape[0]
-    limit = threadpool_limits(1, user_api="blas") if n >= SINGLE_THREAD_CHOLESKY_N else contextlib.nullcontext()
-    with limit:
-        inv, info = scipy.linalg.lapack.dpotri(l, lower=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"potri failed (info = {info}): the Cholesky factor is singular")
+    inv = _on_factor(scipy.linalg.lapack.dpotri, "potri", l)
     lower = np.tril(inv)
     return lower + np.tril(lower, -1).T
 
@@ -124,13 +133,7 @@ def cholesky_inverse_diagonal(l: np.ndarray) -> np.ndarray:
     squared norm of column j of L⁻¹ (LAPACK trtri, n³/3 flops and one n × n scratch, instead
     of the whole inverse).  Single-threaded from ``SINGLE_THREAD_CHOLESKY_N`` on, as the
     factorisation."""
-    n = l.shape[0]
-    limit = threadpool_limits(1, user_api="blas") if n >= SINGLE_THREAD_CHOLESKY_N else contextlib.nullcontext()
-    with limit:
-        inv, info = scipy.linalg.lapack.dtrtri(l, lower=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"trtri failed (info = {info}): the Cholesky factor is singular")
-    return _column_norms2_lower(inv)
+    return _column_norms2_lower(_on_factor(scipy.linalg.lapack.dtrtri, "trtri", l))
 
 
 def _column_norms2_lower(inv: np.ndarray, block: int = 2048) -> np.ndarray:
@@ -148,9 +151,7 @@ def cross_product(w: np.ndarray) -> np.ndarray:
     """wᵀ w (k × k) for w (n × k).  numpy computes this shape of product with BLAS syrk,
     which on this project's CPUs crashes like the Cholesky (segfault with 2 threads, seen for
     k = 20 000): single-threaded from ``SINGLE_THREAD_CHOLESKY_N`` on."""
-    k = w.shape[1]
-    limit = threadpool_limits(1, user_api="blas") if k >= SINGLE_THREAD_CHOLESKY_N else contextlib.nullcontext()
-    with limit:
+    with _blas_guard(w.shape[1]):
         return w.T @ w
 
 

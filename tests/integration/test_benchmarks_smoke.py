@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,3 +108,21 @@ def test_generation_is_recorded_and_reports_merge(report):
     again = json.loads(merged.read_text())
     assert [s["size"] for s in again["sizes"]] == ["smoke"]  # the same size twice: one entry
     assert again["sizes"][0]["naive"]["speedup"] == size["naive"]["speedup"]
+
+
+def test_aggregates_only_analytical_task_agrees_with_the_dense_solve(report, tmp_path):
+    """The worker's task for states too large for the dense A (size L20k-analytical): the
+    observation form in blocks gives the same x_a, χ² and DOFS as the dense analytical solve."""
+    _, _, work = report
+    out = tmp_path / "agg.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", "--case", str(work / "w" / "smoke"), "--task",
+                           "analytical-aggregates", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    fast, dense = json.loads(out.read_text()), json.loads((work / "w" / "smoke-analytical-1.json").read_text())
+    assert fast["form"] == "observation" and _positive(fast["gram_flops"]) and _positive(fast["total_sd_mol_s"])
+    assert fast["chi2_per_obs"] == pytest.approx(dense["chi2_per_obs"], rel=1e-10)
+    assert fast["dofs"] == pytest.approx(dense["dofs"], rel=1e-10)
+    x_fast, x_dense = np.load(out.with_suffix(".npz"))["x_a"], np.load(work / "w" / "smoke-analytical-1.npz")["x_a"]
+    np.testing.assert_allclose(x_fast, x_dense, rtol=0, atol=1e-10 * np.abs(x_dense).max())
