@@ -31,7 +31,7 @@ offsets, the extras), each acting on its own columns of H, and each leaf is hand
 
 :class:`ObservationGram` keeps H's column layout (and, when they fit in
 ``DENSE_CACHE_FRACTION`` of the memory, the dense week slices D_t') between blocks: build it
-once when forming S block by block; :func:`observation_gram_rows` is the one-block shorthand.
+once when forming S block by block.
 Its ``row_width`` is the working memory per row of a block in doubles (≈ n_obs + 3 n_s per
 Kronecker leaf, not n_state), from which to size the blocks.
 :meth:`ObservationGram.flops` counts the multiply-adds of the dense products (×2) for a block,
@@ -256,15 +256,8 @@ class ObservationGram:
         return start, stop
 
 
-def observation_gram_rows(H_all, B: Covariance, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of H B Hᵀ, dense (stop − start) × n_obs.  Builds the column layout
-    of H each call: to form S block by block, build one :class:`ObservationGram` and call its
-    :meth:`~ObservationGram.rows`."""
-    return ObservationGram(H_all, B).rows(start, stop)
-
-
 def observation_gram_flops(H_all, B: Covariance, start: int = 0, stop: int | None = None) -> float:
-    """The flop count of :func:`observation_gram_rows` for rows ``start:stop`` (default all),
+    """The flop count of :meth:`ObservationGram.rows` for rows ``start:stop`` (default all),
     see :meth:`ObservationGram.flops`."""
     gram = ObservationGram(H_all, B)
     return gram.flops(start, gram.n_obs if stop is None else stop)

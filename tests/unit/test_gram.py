@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from inversion.covariance import BlockDiagonal, Dense, Diagonal, Kronecker, exponential_correlation
-from inversion.gram import ObservationGram, observation_gram_flops, observation_gram_rows
+from inversion.gram import ObservationGram, observation_gram_flops
 
 
 def _time(n_t: int, diagonal: bool) -> Dense | Diagonal:
@@ -91,8 +91,8 @@ def test_sectors_offsets_and_other_leaves_match_the_dense_formula():
     full = np.vstack([gram.rows(i, min(i + 16, 50)) for i in range(0, 50, 16)])
     assert _rel(full, S) < 1e-13
     np.testing.assert_allclose(full, full.T, rtol=0, atol=1e-13 * np.abs(S).max())
-    # the one-block shorthand, and a dense H, give the same rows
-    assert _rel(observation_gram_rows(H.toarray(), B, 10, 30), S[10:30]) < 1e-13
+    # a dense H gives the same rows
+    assert _rel(ObservationGram(H.toarray(), B).rows(10, 30), S[10:30]) < 1e-13
 
 
 def test_generic_covariance_rows_match_the_dense_formula():
